@@ -1,0 +1,1 @@
+"""Benchmarks: load generators and reports, run as ``python -m bench``."""

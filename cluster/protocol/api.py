@@ -1,0 +1,96 @@
+"""The APIs of the native protocol: their keys (Kafka's numbers) and the shape of each body.
+
+Every body is a msgpack map with the snake_case field names below. Error codes are Kafka's
+(``cluster.protocol.errors``). Offsets, timestamps and epochs are integers; ``records`` is a
+``bin`` holding one or more whole record batches (``storage.batch``), concatenated.
+
+When a request cannot be served at all (unknown api key, unsupported version, a body of
+the wrong shape) the response body is ``{"error_code": E, "error_message": str}`` with
+E = UNSUPPORTED_VERSION or INVALID_REQUEST, and the connection stays open.
+
+ApiVersions (18)
+    request  {}
+    response {"error_code", "api_keys": [{"api_key", "min_version", "max_version"}]}
+
+Metadata (3)
+    request  {"topics": [str] | None (None = all), "allow_auto_topic_creation": bool}
+    response {"cluster_id": str, "controller_id": int,
+              "brokers": [{"node_id", "host", "port", "rack": str | None}],
+              "topics": [{"error_code", "name", "is_internal": bool,
+                          "partitions": [{"error_code", "partition_index", "leader_id",
+                                          "leader_epoch", "replica_nodes": [int],
+                                          "isr_nodes": [int], "offline_replicas": [int]}]}]}
+
+CreateTopics (19)
+    request  {"topics": [{"name", "num_partitions", "replication_factor",
+                          "configs": {str: str}}],
+              "timeout_ms", "validate_only": bool}
+    response {"topics": [{"name", "error_code", "error_message": str | None,
+                          "num_partitions", "replication_factor"}]}
+
+DeleteTopics (20)
+    request  {"topic_names": [str], "timeout_ms"}
+    response {"responses": [{"name", "error_code", "error_message": str | None}]}
+
+DescribeConfigs (32)   (topic configs only: resource_type 2)
+    request  {"resources": [{"resource_type": 2, "resource_name": str,
+                             "configuration_keys": [str] | None}]}
+    response {"results": [{"error_code", "error_message", "resource_type", "resource_name",
+                            "configs": [{"name", "value": str | None, "is_default": bool}]}]}
+
+Produce (0)
+    request  {"acks": 0 | 1 | -1, "timeout_ms",
+              "topics": [{"name", "partitions": [{"index", "records": bin}]}]}
+    response {"topics": [{"name", "partitions": [{"index", "error_code",
+                          "error_message": str | None, "base_offset", "log_append_time_ms",
+                          "log_start_offset"}]}]}
+    With acks=0 the node sends no response at all (as Kafka does); the client must not wait
+    for one and must not count on the correlation id sequence for that request.
+
+Fetch (1)
+    request  {"replica_id": -1 (consumer) | broker id, "max_wait_ms", "min_bytes", "max_bytes",
+              "topics": [{"name", "partitions": [{"index", "fetch_offset",
+                          "partition_max_bytes", "current_leader_epoch": -1}]}]}
+    response {"error_code", "topics": [{"name", "partitions": [{"index", "error_code",
+              "high_watermark", "log_start_offset", "records": bin}]}]}
+    A consumer sees only batches below the high watermark. The first batch at or after
+    fetch_offset is returned even when it is larger than the byte limits (so a consumer always
+    makes progress); batches may start before fetch_offset, and the client skips records below
+    it. An offset outside [log_start_offset, high_watermark] is OFFSET_OUT_OF_RANGE.
+
+ListOffsets (2)
+    request  {"replica_id": -1, "topics": [{"name", "partitions": [{"index", "timestamp"}]}]}
+             timestamp -1 = latest (the high watermark), -2 = earliest (log start),
+             otherwise the first offset whose batch max timestamp is >= timestamp.
+    response {"topics": [{"name", "partitions": [{"index", "error_code", "timestamp", "offset",
+              "leader_epoch"}]}]}   offset -1 when no record has such a timestamp.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ApiKey(IntEnum):
+    PRODUCE = 0
+    FETCH = 1
+    LIST_OFFSETS = 2
+    METADATA = 3
+    API_VERSIONS = 18
+    CREATE_TOPICS = 19
+    DELETE_TOPICS = 20
+    DESCRIBE_CONFIGS = 32
+
+
+# (min_version, max_version) the node serves for each API.
+SUPPORTED_VERSIONS: dict[ApiKey, tuple[int, int]] = {key: (0, 0) for key in ApiKey}
+
+ACKS_NONE = 0
+ACKS_LEADER = 1
+ACKS_ALL = -1
+
+LATEST_TIMESTAMP = -1
+EARLIEST_TIMESTAMP = -2
+
+CONSUMER_REPLICA_ID = -1
+RESOURCE_TYPE_TOPIC = 2

@@ -1,0 +1,1 @@
+"""Storage: the record batch format and the partition logs of one node, on LMDB."""
