@@ -1,0 +1,201 @@
+"""The ``kraft`` command: a node, and client tools in the shape of Kafka's.
+
+    kraft node [--config node.toml]
+    kraft topics create NAME --partitions N [--replication-factor R] [--config k=v ...]
+    kraft topics list | describe [NAME] | delete NAME
+    kraft produce TOPIC [--key-separator SEP] [--acks all|1|0]
+    kraft consume TOPIC [--from-beginning] [--max-messages N] [--partition P --offset O]
+
+Every client command takes ``--bootstrap-server HOST:PORT`` (default 127.0.0.1:9092). An
+error prints one line naming it (Kafka's error name) and exits non-zero. The node's own
+code is imported only by ``kraft node``, so the client tools load no broker code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Sequence
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+CONSUME_POLL_TIMEOUT_MS = 500
+
+
+def _parse_config_pairs(pairs: Sequence[str]) -> dict[str, str]:
+    configs: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: --config expects key=value, got {pair!r}")
+        configs[key.strip()] = value.strip()
+    return configs
+
+
+def _cmd_topics(args: argparse.Namespace) -> int:
+    from cluster.client import Admin, NewTopic
+
+    with Admin(bootstrap_servers=args.bootstrap_server) as admin:
+        if args.topics_command == "create":
+            admin.create_topics([
+                NewTopic(args.name, args.partitions, args.replication_factor, _parse_config_pairs(args.config))
+            ])
+            print(f"Created topic {args.name}.")
+        elif args.topics_command == "list":
+            for name in sorted(admin.list_topics()):
+                print(name)
+        elif args.topics_command == "describe":
+            names = [args.name] if args.name else None
+            for topic in admin.describe_topics(names):
+                configs = admin.describe_configs(topic.name)
+                config_text = ",".join(f"{k}={v}" for k, v in sorted(configs.items()))
+                print(f"Topic: {topic.name}\tPartitionCount: {len(topic.partitions)}\t"
+                      f"ReplicationFactor: {len(topic.partitions[0].replicas) if topic.partitions else 0}\t"
+                      f"Configs: {config_text}")
+                for p in topic.partitions:
+                    print(f"\tTopic: {topic.name}\tPartition: {p.partition}\tLeader: {p.leader}\t"
+                          f"Replicas: {','.join(map(str, p.replicas))}\tIsr: {','.join(map(str, p.isr))}")
+        elif args.topics_command == "delete":
+            admin.delete_topics([args.name])
+            print(f"Deleted topic {args.name}.")
+    return 0
+
+
+def _cmd_produce(args: argparse.Namespace) -> int:
+    from cluster.client import Producer
+
+    acks: int | str = args.acks if args.acks == "all" else int(args.acks)
+    futures = []
+    with Producer(bootstrap_servers=args.bootstrap_server, acks=acks, client_id="kraft-produce") as producer:
+        for line in sys.stdin.buffer:
+            line = line.rstrip(b"\r\n")
+            key = None
+            if args.key_separator is not None:
+                sep = args.key_separator.encode()
+                if sep not in line:
+                    print(f"error: line has no key separator {args.key_separator!r}: {line[:80]!r}", file=sys.stderr)
+                    return EXIT_ERROR
+                key, line = line.split(sep, 1)
+            futures.append(producer.send(args.topic, value=line, key=key))
+        producer.flush()
+    failed = [f.exception() for f in futures if f.exception() is not None]
+    if failed:
+        print(f"error: {len(failed)} of {len(futures)} records failed: {failed[0]}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def _cmd_consume(args: argparse.Namespace) -> int:
+    from cluster.client import Consumer, TopicPartition
+
+    reset = "earliest" if args.from_beginning else "latest"
+    printed = 0
+    with Consumer(bootstrap_servers=args.bootstrap_server, auto_offset_reset=reset,
+                  client_id="kraft-consume") as consumer:
+        if args.partition is not None:
+            tp = TopicPartition(args.topic, args.partition)
+            consumer.assign([tp])
+            if args.offset is not None:
+                consumer.seek(tp, args.offset)
+            elif args.from_beginning:
+                consumer.seek_to_beginning(tp)
+        else:
+            if args.offset is not None:
+                print("error: --offset needs --partition", file=sys.stderr)
+                return EXIT_USAGE
+            consumer.subscribe([args.topic])
+        out = sys.stdout.buffer
+        while args.max_messages is None or printed < args.max_messages:
+            batches = consumer.poll(timeout_ms=CONSUME_POLL_TIMEOUT_MS)
+            for records in batches.values():
+                for record in records:
+                    if args.print_key:
+                        out.write((record.key or b"null") + args.key_separator.encode())
+                    out.write((record.value or b"") + b"\n")
+                    printed += 1
+                    if args.max_messages is not None and printed >= args.max_messages:
+                        break
+                if args.max_messages is not None and printed >= args.max_messages:
+                    break
+            out.flush()
+    return 0
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    from cluster import node
+
+    argv = ["--config", args.config] if args.config else []
+    return node.main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kraft", description="A partitioned, replicated, durable log.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    node_p = sub.add_parser("node", help="run a node (no arguments: a single node on 127.0.0.1:9092)")
+    node_p.add_argument("--config", help="the node's TOML config file")
+    node_p.set_defaults(func=_cmd_node)
+
+    def client_parser(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--bootstrap-server", default=DEFAULT_BOOTSTRAP, metavar="HOST:PORT")
+        return p
+
+    topics = client_parser("topics", "create, list, describe and delete topics")
+    topics_sub = topics.add_subparsers(dest="topics_command", required=True)
+    create = topics_sub.add_parser("create")
+    create.add_argument("name")
+    create.add_argument("--partitions", type=int, default=1)
+    create.add_argument("--replication-factor", type=int, default=1)
+    create.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                        help="a topic config such as retention.ms=3600000 (repeatable)")
+    topics_sub.add_parser("list")
+    describe = topics_sub.add_parser("describe")
+    describe.add_argument("name", nargs="?")
+    delete = topics_sub.add_parser("delete")
+    delete.add_argument("name")
+    for p in (create, describe, delete, topics_sub.choices["list"]):
+        p.add_argument("--bootstrap-server", default=argparse.SUPPRESS, metavar="HOST:PORT")
+    topics.set_defaults(func=_cmd_topics)
+
+    produce = client_parser("produce", "send one record per line of standard input")
+    produce.add_argument("topic")
+    produce.add_argument("--key-separator", help="split each line into key and value at this string")
+    produce.add_argument("--acks", default="all", choices=["all", "-1", "0", "1"])
+    produce.set_defaults(func=_cmd_produce)
+
+    consume = client_parser("consume", "print records, one value per line")
+    consume.add_argument("topic")
+    consume.add_argument("--from-beginning", action="store_true")
+    consume.add_argument("--max-messages", type=int)
+    consume.add_argument("--partition", type=int)
+    consume.add_argument("--offset", type=int)
+    consume.add_argument("--print-key", action="store_true")
+    consume.add_argument("--key-separator", default="\t")
+    consume.set_defaults(func=_cmd_consume)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "node":
+        # a closed pipe (kraft consume | head) ends the command quietly
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    from cluster.protocol.errors import KraftError
+
+    try:
+        return args.func(args)
+    except KraftError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:
+        print(f"error: cannot reach {getattr(args, 'bootstrap_server', '?')}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
