@@ -1,0 +1,231 @@
+"""The metadata image: an immutable snapshot of cluster metadata, built by applying records.
+
+Theory of operation
+-------------------
+The image is what every part of a node reads to answer "which brokers exist, which topics,
+where are their partitions and who leads them". It is never edited: ``apply(records)``
+returns a new image and leaves the old one untouched, so a reader holding an image sees one
+consistent state for as long as it likes, with no lock (Kafka's ``MetadataImage``).
+
+Data flow: the controller reads an image and emits records; the metadata log makes the
+records durable and calls ``apply``; subscribers receive ``(old_image, new_image)`` and
+reconcile what they run (partition logs, leaders, followers) against the new one.
+
+``apply`` is a pure function of the image and the records: no clocks, no randomness, no
+I/O, so every node that applies the same records in the same order holds the same image.
+A record that does not fit (a topic id that is unknown, a name or id already taken, a
+partition that breaks its own invariants or moves an epoch backwards) raises
+``ValueError`` and the whole call has no effect; the controller never emits such records,
+so this means a bug or a damaged log.
+
+``offset`` counts the records applied since the empty image. Example::
+
+    image = MetadataImage.EMPTY.apply([TopicRecord("id-1", "orders")])
+    image.offset == 1 and image.topic("orders").topic_id == "id-1"
+    MetadataImage.EMPTY.topics_by_id == {}          # the old image is unchanged
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import ClassVar, Iterable, Mapping
+
+from kraft.records import (
+    NO_LEADER,
+    ConfigRecord,
+    MetadataRecord,
+    PartitionRecord,
+    RegisterBrokerRecord,
+    RemoveTopicRecord,
+    TopicRecord,
+)
+
+
+def _frozen(mapping: Mapping) -> Mapping:
+    return mapping if isinstance(mapping, MappingProxyType) else MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True)
+class BrokerImage:
+    broker_id: int
+    host: str
+    port: int
+    rack: str | None
+    fenced: bool = False
+
+
+@dataclass(frozen=True)
+class PartitionImage:
+    partition: int
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
+    leader: int  # NO_LEADER (-1) when no replica can lead
+    leader_epoch: int
+    partition_epoch: int
+
+
+@dataclass(frozen=True)
+class TopicImage:
+    topic_id: str
+    name: str
+    configs: Mapping[str, str]  # only the keys set on this topic (overrides of defaults)
+    partitions: Mapping[int, PartitionImage]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "configs", _frozen(self.configs))
+        object.__setattr__(self, "partitions", _frozen(self.partitions))
+
+
+@dataclass(frozen=True)
+class MetadataImage:
+    brokers: Mapping[int, BrokerImage]
+    topics_by_id: Mapping[str, TopicImage]
+    offset: int  # number of records applied to reach this image
+    _topics_by_name: Mapping[str, TopicImage] = field(init=False, repr=False, compare=False)
+
+    EMPTY: ClassVar["MetadataImage"]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "brokers", _frozen(self.brokers))
+        object.__setattr__(self, "topics_by_id", _frozen(self.topics_by_id))
+        by_name = {topic.name: topic for topic in self.topics_by_id.values()}
+        assert len(by_name) == len(self.topics_by_id), "two topics share a name"
+        object.__setattr__(self, "_topics_by_name", MappingProxyType(by_name))
+
+    @property
+    def topics_by_name(self) -> Mapping[str, TopicImage]:
+        return self._topics_by_name
+
+    def topic(self, name: str) -> TopicImage | None:
+        return self._topics_by_name.get(name)
+
+    def apply(self, records: Iterable[MetadataRecord]) -> "MetadataImage":
+        """Return the image after ``records``, in order; this image is not changed."""
+        delta = _Delta(self)
+        for record in records:
+            delta.replay(record)
+        return delta.build()
+
+
+MetadataImage.EMPTY = MetadataImage(brokers={}, topics_by_id={}, offset=0)
+
+
+class _WorkingTopic:
+    """A topic being changed by a delta: plain dicts, frozen again when the delta is built."""
+
+    def __init__(self, topic_id: str, name: str, configs: Mapping[str, str],
+                 partitions: Mapping[int, PartitionImage]) -> None:
+        self.topic_id = topic_id
+        self.name = name
+        self.configs = dict(configs)
+        self.partitions = dict(partitions)
+
+    def set_config(self, name: str, value: str | None) -> None:
+        if value is None:
+            self.configs.pop(name, None)
+        else:
+            self.configs[name] = value
+
+    def build(self) -> TopicImage:
+        return TopicImage(self.topic_id, self.name, self.configs, self.partitions)
+
+
+class _Delta:
+    """The changes of one ``apply`` call, copied from the base image only where touched, so
+    applying a few records to a large image costs little (Kafka's ``MetadataDelta``)."""
+
+    def __init__(self, base: MetadataImage) -> None:
+        self.base = base
+        self.brokers: dict[int, BrokerImage] | None = None
+        self.topics: dict[str, TopicImage | _WorkingTopic] | None = None
+        self.ids_by_name: dict[str, str] | None = None
+        self.applied = 0
+
+    def replay(self, record: MetadataRecord) -> None:
+        if isinstance(record, RegisterBrokerRecord):
+            self._register_broker(record)
+        elif isinstance(record, TopicRecord):
+            self._create_topic(record)
+        elif isinstance(record, ConfigRecord):
+            self._working_topic(record.topic_id, record).set_config(record.name, record.value)
+        elif isinstance(record, PartitionRecord):
+            self._set_partition(record)
+        elif isinstance(record, RemoveTopicRecord):
+            self._remove_topic(record)
+        else:
+            raise ValueError(f"not a metadata record: {type(record).__name__}")
+        self.applied += 1
+
+    def _register_broker(self, record: RegisterBrokerRecord) -> None:
+        if self.brokers is None:
+            self.brokers = dict(self.base.brokers)
+        self.brokers[record.broker_id] = BrokerImage(
+            record.broker_id, record.host, record.port, record.rack, fenced=False
+        )
+
+    def _topics(self) -> dict[str, TopicImage | _WorkingTopic]:
+        if self.topics is None:
+            self.topics = dict(self.base.topics_by_id)
+            self.ids_by_name = {name: t.topic_id for name, t in self.base.topics_by_name.items()}
+        return self.topics
+
+    def _create_topic(self, record: TopicRecord) -> None:
+        topics = self._topics()
+        assert self.ids_by_name is not None
+        if record.topic_id in topics:
+            raise ValueError(f"{record}: topic id already exists")
+        if record.name in self.ids_by_name:
+            raise ValueError(f"{record}: topic name already exists")
+        topics[record.topic_id] = _WorkingTopic(record.topic_id, record.name, {}, {})
+        self.ids_by_name[record.name] = record.topic_id
+
+    def _working_topic(self, topic_id: str, record: MetadataRecord) -> _WorkingTopic:
+        topics = self._topics()
+        topic = topics.get(topic_id)
+        if topic is None:
+            raise ValueError(f"{record}: unknown topic id")
+        if isinstance(topic, TopicImage):
+            topic = _WorkingTopic(topic.topic_id, topic.name, topic.configs, topic.partitions)
+            topics[topic_id] = topic
+        return topic
+
+    def _set_partition(self, record: PartitionRecord) -> None:
+        if not record.replicas:
+            raise ValueError(f"{record}: no replicas")
+        if not set(record.isr) <= set(record.replicas):
+            raise ValueError(f"{record}: isr is not a subset of replicas")
+        if record.leader != NO_LEADER and record.leader not in record.isr:
+            raise ValueError(f"{record}: leader is not in the isr")
+        topic = self._working_topic(record.topic_id, record)
+        previous = topic.partitions.get(record.partition)
+        if previous is not None and (
+            record.leader_epoch < previous.leader_epoch
+            or record.partition_epoch < previous.partition_epoch
+        ):
+            raise ValueError(f"{record}: epoch goes backwards from {previous}")
+        topic.partitions[record.partition] = PartitionImage(
+            record.partition, record.replicas, record.isr, record.leader,
+            record.leader_epoch, record.partition_epoch,
+        )
+
+    def _remove_topic(self, record: RemoveTopicRecord) -> None:
+        topics = self._topics()
+        assert self.ids_by_name is not None
+        topic = topics.pop(record.topic_id, None)
+        if topic is None:
+            raise ValueError(f"{record}: unknown topic id")
+        del self.ids_by_name[topic.name]
+
+    def build(self) -> MetadataImage:
+        if self.applied == 0:
+            return self.base
+        topics = self.base.topics_by_id if self.topics is None else {
+            topic_id: topic.build() if isinstance(topic, _WorkingTopic) else topic
+            for topic_id, topic in self.topics.items()
+        }
+        return MetadataImage(
+            brokers=self.base.brokers if self.brokers is None else self.brokers,
+            topics_by_id=topics,
+            offset=self.base.offset + self.applied,
+        )
