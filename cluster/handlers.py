@@ -1,0 +1,635 @@
+"""Request handlers: one coroutine per API of ``cluster.protocol.api``, body in, body out.
+
+Theory of operation
+-------------------
+``RequestHandlers.handle(header, body)`` is the whole interface the server sees. It looks
+the API up in ``_ROUTES``, refuses unknown keys and versions (UNSUPPORTED_VERSION), and runs
+the handler, which first parses the body with the ``_field`` helpers (a missing field or a
+value of the wrong type is an ``InvalidRequestError`` naming the field) and then answers.
+Errors about one topic or partition are codes inside the response; a ``KafkaError``
+escaping a handler is turned into ``{"error_code", "error_message"}`` by the server.
+
+State lives elsewhere, and flows like this:
+
+    metadata (kraft image, durable MetadataLog) --> which topics/partitions exist, leaders,
+        epochs, configs; CreateTopics/DeleteTopics decide with kraft.controller and append
+        records under ``_metadata_lock``, then reconcile the LogStore (PartitionManager)
+    PartitionManager --> the PartitionLog of each (topic id, partition) held here, appends,
+        high watermarks, long-poll wake-ups
+
+The produce path (``produce`` -> ``_prepare_partition`` -> ``PartitionManager.append``)
+reads only the batch headers: split by length fields, size check against the topic's
+max.message.bytes, CRC/shape check (``storage.batch.validate``), then append; records are
+never decoded. The fetch path (``fetch`` -> ``_fetch_once``) reads whole stored batches
+below the high watermark, and long-polls with ``PartitionManager.wait_for_data``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any, Awaitable, Callable, Mapping, Sequence
+
+from cluster.config import NodeConfig
+from cluster.partitions import PartitionKey, PartitionManager
+from cluster.protocol import errors
+from cluster.protocol.api import (
+    ACKS_ALL,
+    ACKS_LEADER,
+    ACKS_NONE,
+    CONSUMER_REPLICA_ID,
+    EARLIEST_TIMESTAMP,
+    LATEST_TIMESTAMP,
+    RESOURCE_TYPE_TOPIC,
+    SUPPORTED_VERSIONS,
+    ApiKey,
+)
+from cluster.protocol.framing import RequestHeader
+from kraft import controller
+from kraft.image import MetadataImage, TopicImage
+from kraft.quorum import MetadataLog
+from kraft.records import MetadataRecord
+from kraft.topic_config import TOPIC_CONFIG_DEFAULTS, TopicConfig, effective_topic_config
+from storage import batch as batch_codec
+from storage.log import OffsetOutOfRangeError, PartitionDeletedError, PartitionLog, StorageError
+
+logger = logging.getLogger(__name__)
+
+VALID_ACKS = (ACKS_NONE, ACKS_LEADER, ACKS_ALL)
+NO_OFFSET = -1
+NO_TIMESTAMP = -1
+NO_LEADER_EPOCH = -1
+NO_TIMESTAMP_TYPE_APPEND = -1  # log_append_time_ms when the topic uses CreateTime
+TOPIC_CONFIG_CACHE_MAX = 10000  # effective topic configs kept; the cache is rebuilt past this
+
+Body = dict[str, Any]
+
+
+# -- parsing: a wrong shape is INVALID_REQUEST naming the field ---------------------------
+
+_TYPE_NAMES = {int: "an integer", str: "a string", list: "a list", bytes: "bytes", bool: "a boolean", dict: "a map"}
+
+
+def _field(container: Any, key: str, kind: type, *, default: Any = ..., nullable: bool = False) -> Any:
+    if not isinstance(container, dict):
+        raise errors.InvalidRequestError(f"expected a map holding {key!r}, got {type(container).__name__}")
+    if key not in container:
+        if default is ...:
+            raise errors.InvalidRequestError(f"missing field {key!r}")
+        return default
+    value = container[key]
+    if value is None and nullable:
+        return None
+    if kind is bytes and isinstance(value, (bytes, bytearray)):
+        return value
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise errors.InvalidRequestError(
+            f"field {key!r} must be {_TYPE_NAMES.get(kind, kind.__name__)}, got {type(value).__name__}"
+        )
+    return value
+
+
+def _strings(values: Any, key: str) -> list[str]:
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise errors.InvalidRequestError(f"field {key!r} must be a list of strings")
+    return values
+
+
+def _error_code(result: controller.ItemResult) -> int:
+    """The wire code of a controller outcome (kraft speaks in Kafka error names)."""
+    return errors.NONE if result.error is None else errors.error_class(result.error).code
+
+
+def _partition_error(index: int, code: int, message: str | None = None, **extra: Any) -> Body:
+    return {"index": index, "error_code": code, "error_message": message, **extra}
+
+
+class RequestHandlers:
+    """Every API of the native protocol, served from the metadata image and the LogStore."""
+
+    def __init__(
+        self, config: NodeConfig, cluster_id: str, metadata: MetadataLog, partitions: PartitionManager
+    ) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self.cluster_id = cluster_id
+        self.metadata = metadata
+        self.partitions = partitions
+        self.topic_defaults = config.topic_config_defaults()
+        self._metadata_lock = asyncio.Lock()
+        self._topic_configs: dict[str, tuple[Mapping[str, str], TopicConfig]] = {}
+        self._routes: dict[int, Callable[[Any], Awaitable[Body | None]]] = {
+            ApiKey.API_VERSIONS: self.api_versions,
+            ApiKey.METADATA: self.metadata_request,
+            ApiKey.CREATE_TOPICS: self.create_topics,
+            ApiKey.DELETE_TOPICS: self.delete_topics,
+            ApiKey.DESCRIBE_CONFIGS: self.describe_configs,
+            ApiKey.PRODUCE: self.produce,
+            ApiKey.FETCH: self.fetch,
+            ApiKey.LIST_OFFSETS: self.list_offsets,
+        }
+
+    async def handle(self, header: RequestHeader, body: Any) -> Body | None:
+        """Answer one request; None means no response (a produce with acks=0)."""
+        route = self._routes.get(header.api_key)
+        if route is None:
+            raise errors.UnsupportedVersionError(f"unknown api key {header.api_key}")
+        low, high = SUPPORTED_VERSIONS[ApiKey(header.api_key)]
+        if not low <= header.api_version <= high:
+            raise errors.UnsupportedVersionError(
+                f"api key {header.api_key} version {header.api_version} is not supported (versions {low}-{high})"
+            )
+        return await route(body)
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Register this node in the metadata and make the LogStore match the image."""
+        host, port = self.config.advertised_host_port
+        async with self._metadata_lock:
+            records = controller.register_broker(self.metadata.image, self.node_id, host, port, self.config.rack)
+            if records:
+                await asyncio.to_thread(self.metadata.append, records)
+                logger.info("node %d registered as %s:%d", self.node_id, host, port)
+            await self.partitions.reconcile(self.metadata.image)
+
+    async def _commit_metadata(self, records: Sequence[MetadataRecord]) -> MetadataImage:
+        """Append records durably (off the event loop: it fsyncs), then reconcile. Caller holds the lock."""
+        if records:
+            image = await asyncio.to_thread(self.metadata.append, records)
+        else:
+            image = self.metadata.image
+        await self.partitions.reconcile(image)
+        return image
+
+    def _topic_config(self, topic: TopicImage) -> TopicConfig:
+        """The topic's effective config, cached per topic id until its configs change."""
+        cached = self._topic_configs.get(topic.topic_id)
+        if cached is not None and (cached[0] is topic.configs or cached[0] == topic.configs):
+            return cached[1]
+        config = effective_topic_config(topic.configs, self.topic_defaults)
+        if len(self._topic_configs) >= TOPIC_CONFIG_CACHE_MAX:
+            self._topic_configs.clear()
+        self._topic_configs[topic.topic_id] = (topic.configs, config)
+        return config
+
+    # -- ApiVersions ------------------------------------------------------------------------
+
+    async def api_versions(self, body: Any) -> Body:
+        return {
+            "error_code": errors.NONE,
+            "api_keys": [
+                {"api_key": int(key), "min_version": low, "max_version": high}
+                for key, (low, high) in sorted(SUPPORTED_VERSIONS.items())
+            ],
+        }
+
+    # -- Metadata ---------------------------------------------------------------------------
+
+    async def metadata_request(self, body: Any) -> Body:
+        names = _field(body, "topics", list, nullable=True)
+        if names is not None:
+            names = _strings(names, "topics")
+        allow_auto_create = _field(body, "allow_auto_topic_creation", bool, default=False)
+        image = self.metadata.image
+        if names is not None and allow_auto_create and self.config.auto_create_topics_enable:
+            missing = [n for n in dict.fromkeys(names) if image.topic(n) is None]
+            if missing:
+                image = await self._auto_create(missing)
+        brokers = [
+            {"node_id": b.broker_id, "host": b.host, "port": b.port, "rack": b.rack}
+            for b in sorted(image.brokers.values(), key=lambda b: b.broker_id)
+            if not b.fenced
+        ]
+        if names is None:
+            topics = sorted(image.topics_by_id.values(), key=lambda t: t.name)
+            entries = [self._topic_metadata(image, t) for t in topics]
+        else:
+            entries = []
+            for name in dict.fromkeys(names):
+                topic = image.topic(name)
+                if topic is not None:
+                    entries.append(self._topic_metadata(image, topic))
+                    continue
+                code = errors.UNKNOWN_TOPIC_OR_PARTITION
+                if controller.validate_topic_name(name) is not None:
+                    code = errors.INVALID_TOPIC_EXCEPTION
+                entries.append({"error_code": code, "name": name, "is_internal": False, "partitions": []})
+        return {"cluster_id": self.cluster_id, "controller_id": self.node_id, "brokers": brokers, "topics": entries}
+
+    def _topic_metadata(self, image: MetadataImage, topic: TopicImage) -> Body:
+        live = {b.broker_id for b in image.brokers.values() if not b.fenced}
+        partitions = []
+        for index in sorted(topic.partitions):
+            p = topic.partitions[index]
+            partitions.append({
+                "error_code": errors.NONE if p.leader in live else errors.LEADER_NOT_AVAILABLE,
+                "partition_index": index,
+                "leader_id": p.leader,
+                "leader_epoch": p.leader_epoch,
+                "replica_nodes": list(p.replicas),
+                "isr_nodes": list(p.isr),
+                "offline_replicas": [r for r in p.replicas if r not in live],
+            })
+        return {"error_code": errors.NONE, "name": topic.name, "is_internal": False, "partitions": partitions}
+
+    async def _auto_create(self, names: Sequence[str]) -> MetadataImage:
+        requests = [
+            controller.CreateTopicRequest(n, self.config.num_partitions, self.config.default_replication_factor, {})
+            for n in names
+            if controller.validate_topic_name(n) is None
+        ]
+        async with self._metadata_lock:
+            image = self.metadata.image
+            requests = [r for r in requests if image.topic(r.name) is None]
+            if not requests:
+                return image
+            records, results = controller.create_topics(
+                image, requests, new_topic_id=lambda: uuid.uuid4().hex, start_index=len(image.topics_by_id)
+            )
+            for result in results:
+                if result.error is None:
+                    logger.info("node %d auto-created topic %s", self.node_id, result.name)
+            return await self._commit_metadata(records)
+
+    # -- CreateTopics / DeleteTopics --------------------------------------------------------
+
+    async def create_topics(self, body: Any) -> Body:
+        validate_only = _field(body, "validate_only", bool, default=False)
+        requests = []
+        for item in _field(body, "topics", list):
+            name = _field(item, "name", str)
+            num_partitions = _field(item, "num_partitions", int, default=-1)
+            replication_factor = _field(item, "replication_factor", int, default=-1)
+            configs = _field(item, "configs", dict, default=None, nullable=True) or {}
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in configs.items()):
+                raise errors.InvalidRequestError(f"configs of topic {name!r} must map strings to strings")
+            if num_partitions == -1:
+                num_partitions = self.config.num_partitions
+            if replication_factor == -1:
+                replication_factor = self.config.default_replication_factor
+            requests.append(controller.CreateTopicRequest(name, num_partitions, replication_factor, dict(configs)))
+        async with self._metadata_lock:
+            image = self.metadata.image
+            records, results = controller.create_topics(
+                image, requests, new_topic_id=lambda: uuid.uuid4().hex, start_index=len(image.topics_by_id)
+            )
+            if not validate_only:
+                await self._commit_metadata(records)
+        responses = []
+        for request, result in zip(requests, results):
+            ok = result.error is None
+            responses.append({
+                "name": result.name,
+                "error_code": _error_code(result),
+                "error_message": result.message,
+                "num_partitions": request.num_partitions if ok else -1,
+                "replication_factor": request.replication_factor if ok else -1,
+            })
+            if ok and not validate_only:
+                logger.info(
+                    "node %d created topic %s with %d partitions", self.node_id, result.name, request.num_partitions
+                )
+        return {"topics": responses}
+
+    async def delete_topics(self, body: Any) -> Body:
+        names = _strings(_field(body, "topic_names", list), "topic_names")
+        async with self._metadata_lock:
+            records, results = controller.delete_topics(self.metadata.image, names)
+            await self._commit_metadata(records)
+        for result in results:
+            if result.error is None:
+                logger.info("node %d deleted topic %s", self.node_id, result.name)
+        return {
+            "responses": [
+                {
+                    "name": r.name,
+                    "error_code": _error_code(r),
+                    "error_message": r.message,
+                }
+                for r in results
+            ]
+        }
+
+    # -- DescribeConfigs --------------------------------------------------------------------
+
+    async def describe_configs(self, body: Any) -> Body:
+        image = self.metadata.image
+        results = []
+        for resource in _field(body, "resources", list):
+            resource_type = _field(resource, "resource_type", int)
+            name = _field(resource, "resource_name", str)
+            keys = _field(resource, "configuration_keys", list, default=None, nullable=True)
+            if keys is not None:
+                keys = _strings(keys, "configuration_keys")
+            result = {"resource_type": resource_type, "resource_name": name, "configs": []}
+            topic = image.topic(name) if resource_type == RESOURCE_TYPE_TOPIC else None
+            if resource_type != RESOURCE_TYPE_TOPIC:
+                results.append({**result, "error_code": errors.INVALID_REQUEST,
+                                "error_message": f"resource type {resource_type} is not supported (topics only: 2)"})
+                continue
+            if topic is None:
+                results.append({**result, "error_code": errors.UNKNOWN_TOPIC_OR_PARTITION,
+                                "error_message": f"unknown topic {name}"})
+                continue
+            defaults = {**TOPIC_CONFIG_DEFAULTS, **self.topic_defaults}
+            wanted = sorted(defaults) if keys is None else [k for k in keys if k in defaults]
+            result["configs"] = [
+                {
+                    "name": key,
+                    "value": topic.configs[key] if key in topic.configs else defaults[key],
+                    "is_default": key not in topic.configs,
+                }
+                for key in wanted
+            ]
+            results.append({**result, "error_code": errors.NONE, "error_message": None})
+        return {"results": results}
+
+    # -- Produce ----------------------------------------------------------------------------
+
+    async def produce(self, body: Any) -> Body | None:
+        acks = _field(body, "acks", int)
+        parsed: list[tuple[str, list[tuple[int, bytes]]]] = []
+        for topic in _field(body, "topics", list):
+            name = _field(topic, "name", str)
+            partitions = [
+                (_field(p, "index", int), _field(p, "records", bytes)) for p in _field(topic, "partitions", list)
+            ]
+            parsed.append((name, partitions))
+        if acks not in VALID_ACKS:
+            message = f"acks must be 0, 1 or -1, got {acks}"
+            return {"topics": [
+                {"name": name, "partitions": [
+                    self._produce_error(index, errors.INVALID_REQUIRED_ACKS, message) for index, _ in parts
+                ]}
+                for name, parts in parsed
+            ]}
+        image = self.metadata.image
+        if self.config.auto_create_topics_enable:
+            missing = [name for name, _ in parsed if image.topic(name) is None]
+            if missing:
+                image = await self._auto_create(list(dict.fromkeys(missing)))
+
+        # Validate everything and submit every append before awaiting any of them, so all
+        # batches of the request join the same group commit.
+        pending: list[tuple[str, int, Any]] = []  # (topic name, index, Body | (log, futures))
+        for name, parts in parsed:
+            topic = image.topic(name)
+            config = self._topic_config(topic) if topic is not None else None
+            for index, records in parts:
+                outcome = self._prepare_partition(topic, config, name, index, records, acks)
+                pending.append((name, index, outcome))
+
+        if acks == ACKS_NONE:
+            for _, _, outcome in pending:
+                if not isinstance(outcome, dict):
+                    for future in outcome[1]:
+                        future.add_done_callback(_consume_exception)
+            return None
+
+        by_topic: dict[str, list[Body]] = {}
+        for name, index, outcome in pending:
+            if isinstance(outcome, dict):
+                entry = outcome
+            else:
+                log, futures = outcome
+                results = await asyncio.gather(*futures, return_exceptions=True)
+                failure = next((r for r in results if isinstance(r, BaseException)), None)
+                first = results[0]
+                if failure is not None or isinstance(first, BaseException):
+                    entry = self._append_failed(name, index, failure or first)
+                else:
+                    entry = {
+                        "index": index, "error_code": errors.NONE, "error_message": None,
+                        "base_offset": first.base_offset,
+                        "log_append_time_ms": NO_TIMESTAMP_TYPE_APPEND,
+                        "log_start_offset": log.log_start_offset,
+                    }
+            by_topic.setdefault(name, []).append(entry)
+        return {"topics": [{"name": name, "partitions": entries} for name, entries in by_topic.items()]}
+
+    def _append_failed(self, name: str, index: int, failure: BaseException) -> Body:
+        if isinstance(failure, PartitionDeletedError):
+            return self._produce_error(index, errors.UNKNOWN_TOPIC_OR_PARTITION, str(failure))
+        if isinstance(failure, StorageError):
+            logger.error("node %d append to %s-%d failed: %s", self.node_id, name, index, failure)
+            return self._produce_error(index, errors.KAFKA_STORAGE_ERROR, str(failure))
+        if isinstance(failure, ValueError):
+            # A validated batch is refused only when its leader epoch is older than the
+            # log's latest: leadership has moved on.
+            return self._produce_error(index, errors.NOT_LEADER_OR_FOLLOWER, str(failure))
+        logger.error("node %d append to %s-%d failed", self.node_id, name, index, exc_info=failure)
+        return self._produce_error(index, errors.UNKNOWN_SERVER_ERROR, f"{type(failure).__name__}: {failure}")
+
+    @staticmethod
+    def _produce_error(index: int, code: int, message: str | None) -> Body:
+        return _partition_error(index, code, message, base_offset=NO_OFFSET,
+                                log_append_time_ms=NO_TIMESTAMP, log_start_offset=NO_OFFSET)
+
+    def _prepare_partition(
+        self, topic: TopicImage | None, config: TopicConfig | None, name: str, index: int, records: bytes, acks: int
+    ) -> Body | tuple[Any, list[asyncio.Future]]:
+        """Check one partition's record set and submit its batches; or the error entry."""
+        partition = topic.partitions.get(index) if topic is not None else None
+        if topic is None or partition is None or config is None:
+            return self._produce_error(index, errors.UNKNOWN_TOPIC_OR_PARTITION, f"unknown partition {name}-{index}")
+        if partition.leader != self.node_id:
+            return self._produce_error(index, errors.NOT_LEADER_OR_FOLLOWER,
+                                       f"node {self.node_id} is not the leader of {name}-{index}")
+        log = self.partitions.get(topic.topic_id, index)
+        if log is None:
+            return self._produce_error(index, errors.UNKNOWN_TOPIC_OR_PARTITION,
+                                       f"partition {name}-{index} is not open on node {self.node_id}")
+        try:
+            batches = batch_codec.split_batches(records)
+        except batch_codec.CorruptBatchError as exc:
+            if len(records) > config.max_message_bytes:
+                return self._too_large(index, len(records), config)
+            return self._produce_error(index, errors.CORRUPT_MESSAGE, str(exc))
+        if not batches:
+            return self._produce_error(index, errors.CORRUPT_MESSAGE, "the record set holds no batch")
+        for batch in batches:
+            if len(batch) > config.max_message_bytes:
+                return self._too_large(index, len(batch), config)
+        for batch in batches:
+            try:
+                header = batch_codec.validate(batch)
+            except batch_codec.CorruptBatchError as exc:
+                return self._produce_error(index, errors.CORRUPT_MESSAGE, str(exc))
+            if header.record_count == 0:
+                return self._produce_error(index, errors.CORRUPT_MESSAGE, "a batch holds no record")
+            if header.attributes & batch_codec.COMPRESSION_MASK:
+                return self._produce_error(
+                    index, errors.UNSUPPORTED_COMPRESSION_TYPE,
+                    f"compression codec {header.attributes & batch_codec.COMPRESSION_MASK} is not supported",
+                )
+        if acks == ACKS_ALL and config.min_insync_replicas > len(partition.isr):
+            return self._produce_error(
+                index, errors.NOT_ENOUGH_REPLICAS,
+                f"{name}-{index} has {len(partition.isr)} in-sync replicas, "
+                f"min.insync.replicas is {config.min_insync_replicas}",
+            )
+        futures = [self.partitions.append(log, batch, partition.leader_epoch) for batch in batches]
+        return log, futures
+
+    def _too_large(self, index: int, size_bytes: int, config: TopicConfig) -> Body:
+        return self._produce_error(
+            index, errors.MESSAGE_TOO_LARGE,
+            f"batch of {size_bytes} bytes is larger than max.message.bytes {config.max_message_bytes}",
+        )
+
+    # -- Fetch ------------------------------------------------------------------------------
+
+    async def fetch(self, body: Any) -> Body:
+        replica_id = _field(body, "replica_id", int, default=CONSUMER_REPLICA_ID)
+        max_wait_ms = _field(body, "max_wait_ms", int, default=0)
+        min_bytes = _field(body, "min_bytes", int, default=1)
+        max_bytes = _field(body, "max_bytes", int)
+        requests: list[tuple[str, list[tuple[int, int, int, int]]]] = []
+        for topic in _field(body, "topics", list):
+            name = _field(topic, "name", str)
+            partitions = [
+                (
+                    _field(p, "index", int),
+                    _field(p, "fetch_offset", int),
+                    _field(p, "partition_max_bytes", int),
+                    _field(p, "current_leader_epoch", int, default=NO_LEADER_EPOCH),
+                )
+                for p in _field(topic, "partitions", list)
+            ]
+            requests.append((name, partitions))
+        wait_s = max(0, min(max_wait_ms, self.config.fetch_max_wait_ms_max)) / 1000.0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            response, total_bytes, has_error, keys = self._fetch_once(requests, max_bytes, replica_id)
+            remaining_s = deadline - loop.time()
+            if total_bytes >= min_bytes or has_error or remaining_s <= 0 or not keys or self.partitions.closing:
+                return response
+            await self.partitions.wait_for_data(keys, remaining_s)
+
+    def _fetch_once(
+        self, requests: list[tuple[str, list[tuple[int, int, int, int]]]], max_bytes: int, replica_id: int
+    ) -> tuple[Body, int, bool, list[PartitionKey]]:
+        image = self.metadata.image
+        total_bytes = 0
+        has_error = False
+        keys: list[PartitionKey] = []
+        topics = []
+        for name, parts in requests:
+            topic = image.topic(name)
+            entries = []
+            for index, fetch_offset, partition_max_bytes, leader_epoch in parts:
+                entry = self._fetch_partition(topic, name, index, fetch_offset, partition_max_bytes,
+                                              leader_epoch, max_bytes - total_bytes, total_bytes == 0, replica_id)
+                if entry["error_code"] != errors.NONE:
+                    has_error = True
+                else:
+                    assert topic is not None
+                    keys.append((topic.topic_id, index))
+                total_bytes += len(entry["records"])
+                entries.append(entry)
+            topics.append({"name": name, "partitions": entries})
+        return {"error_code": errors.NONE, "topics": topics}, total_bytes, has_error, keys
+
+    def _fetch_partition(
+        self, topic: TopicImage | None, name: str, index: int, fetch_offset: int, partition_max_bytes: int,
+        leader_epoch: int, remaining_bytes: int, first: bool, replica_id: int,
+    ) -> Body:
+        def error(code: int, message: str, high_watermark: int = NO_OFFSET, log_start_offset: int = NO_OFFSET) -> Body:
+            logger.debug("node %d fetch error %s: %s", self.node_id, errors.error_name(code), message)
+            return {"index": index, "error_code": code, "high_watermark": high_watermark,
+                    "log_start_offset": log_start_offset, "records": b""}
+
+        partition = topic.partitions.get(index) if topic is not None else None
+        log = self.partitions.get(topic.topic_id, index) if topic is not None else None
+        if partition is None or log is None:
+            return error(errors.UNKNOWN_TOPIC_OR_PARTITION, f"unknown partition {name}-{index}")
+        if partition.leader != self.node_id:
+            return error(errors.NOT_LEADER_OR_FOLLOWER, f"node {self.node_id} is not the leader of {name}-{index}")
+        if leader_epoch != NO_LEADER_EPOCH and leader_epoch != partition.leader_epoch:
+            code = errors.FENCED_LEADER_EPOCH if leader_epoch < partition.leader_epoch else errors.UNKNOWN_LEADER_EPOCH
+            return error(code, f"leader epoch of {name}-{index} is {partition.leader_epoch}, not {leader_epoch}")
+        high_watermark = self.partitions.high_watermark(log)
+        log_start_offset = log.log_start_offset
+        upper_offset = log.log_end_offset if replica_id >= 0 else high_watermark
+        if not log_start_offset <= fetch_offset <= upper_offset:
+            return error(errors.OFFSET_OUT_OF_RANGE,
+                         f"offset {fetch_offset} is outside [{log_start_offset}, {upper_offset}] of {name}-{index}",
+                         high_watermark, log_start_offset)
+        limit_bytes = min(partition_max_bytes, remaining_bytes)
+        records = b""
+        if first or limit_bytes > 0:
+            try:
+                batches = log.read(fetch_offset, max(limit_bytes, 0), upper_offset=upper_offset)
+            except OffsetOutOfRangeError as exc:  # retention moved the log start meanwhile
+                return error(errors.OFFSET_OUT_OF_RANGE, str(exc), high_watermark, log.log_start_offset)
+            except PartitionDeletedError as exc:
+                return error(errors.UNKNOWN_TOPIC_OR_PARTITION, str(exc))
+            except StorageError as exc:
+                return error(errors.KAFKA_STORAGE_ERROR, str(exc), high_watermark, log_start_offset)
+            if not first and batches and len(batches[0]) > limit_bytes:
+                batches = []  # only the first partition with data may exceed the limits
+            records = b"".join(batches)
+        return {"index": index, "error_code": errors.NONE, "high_watermark": high_watermark,
+                "log_start_offset": log_start_offset, "records": records}
+
+    # -- ListOffsets ------------------------------------------------------------------------
+
+    async def list_offsets(self, body: Any) -> Body:
+        image = self.metadata.image
+        topics = []
+        for topic_request in _field(body, "topics", list):
+            name = _field(topic_request, "name", str)
+            topic = image.topic(name)
+            entries = []
+            for p in _field(topic_request, "partitions", list):
+                index = _field(p, "index", int)
+                timestamp = _field(p, "timestamp", int)
+                entries.append(self._list_offset(topic, name, index, timestamp))
+            topics.append({"name": name, "partitions": entries})
+        return {"topics": topics}
+
+    def _list_offset(self, topic: TopicImage | None, name: str, index: int, timestamp: int) -> Body:
+        def entry(code: int, offset: int = NO_OFFSET, found_timestamp: int = NO_TIMESTAMP,
+                  leader_epoch: int = NO_LEADER_EPOCH, message: str | None = None) -> Body:
+            if message is not None:
+                logger.debug("node %d list offsets error %s: %s", self.node_id, errors.error_name(code), message)
+            return {"index": index, "error_code": code, "timestamp": found_timestamp, "offset": offset,
+                    "leader_epoch": leader_epoch}
+
+        partition = topic.partitions.get(index) if topic is not None else None
+        log = self.partitions.get(topic.topic_id, index) if topic is not None else None
+        if partition is None or log is None:
+            return entry(errors.UNKNOWN_TOPIC_OR_PARTITION, message=f"unknown partition {name}-{index}")
+        if partition.leader != self.node_id:
+            return entry(errors.NOT_LEADER_OR_FOLLOWER, message=f"node {self.node_id} is not the leader")
+        try:
+            return self._list_offset_of(log, timestamp, partition.leader_epoch, entry)
+        except PartitionDeletedError as exc:
+            return entry(errors.UNKNOWN_TOPIC_OR_PARTITION, message=str(exc))
+        except StorageError as exc:
+            return entry(errors.KAFKA_STORAGE_ERROR, message=str(exc))
+
+    def _list_offset_of(self, log: PartitionLog, timestamp: int, epoch: int, entry: Callable[..., Body]) -> Body:
+        if timestamp == EARLIEST_TIMESTAMP:
+            return entry(errors.NONE, log.log_start_offset, leader_epoch=epoch)
+        if timestamp == LATEST_TIMESTAMP:
+            return entry(errors.NONE, self.partitions.high_watermark(log), leader_epoch=epoch)
+        if timestamp < 0:
+            return entry(errors.INVALID_REQUEST, message=f"timestamp {timestamp} is neither -1, -2 nor >= 0")
+        offset = log.offset_for_timestamp(timestamp)
+        if offset is None or offset >= self.partitions.high_watermark(log):
+            return entry(errors.NONE, leader_epoch=epoch)
+        # The offset is the first batch whose max timestamp reaches the target; the answer
+        # carries that batch's max timestamp (records are never decoded here).
+        batches = log.read(offset, 0, upper_offset=self.partitions.high_watermark(log))
+        found = batch_codec.max_timestamp_of(batches[0]) if batches else NO_TIMESTAMP
+        return entry(errors.NONE, offset, found, epoch)
+
+
+def _consume_exception(future: asyncio.Future) -> None:
+    """acks=0: nobody awaits the append, so log its failure here instead of at collection."""
+    if not future.cancelled() and future.exception() is not None:
+        logger.warning("append without acknowledgement failed: %s", future.exception())
