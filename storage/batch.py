@@ -237,10 +237,13 @@ def decode_batch(buf: bytes | memoryview) -> list[Record]:
     base_timestamp = header.base_timestamp
     if header.magic == MAGIC_MSGPACK:
         new = tuple.__new__
-        return [
-            new(Record, (base_offset + od, base_timestamp + td, k, v, tuple(map(tuple, h)) if h else ()))
-            for od, td, k, v, h in msgpack.unpackb(records, raw=False, use_list=False)
-        ]
+        try:
+            return [
+                new(Record, (base_offset + od, base_timestamp + td, k, v, tuple(map(tuple, h)) if h else ()))
+                for od, td, k, v, h in msgpack.unpackb(records, raw=False, use_list=False)
+            ]
+        except (TypeError, ValueError) as exc:  # msgpack's own errors are ValueError subclasses
+            raise CorruptBatchError(f"msgpack records are not [offset_delta, timestamp_delta, key, value, headers] lists: {exc}") from exc
     if header.magic == MAGIC_KAFKA_V2:
         log_append = header.attributes & TIMESTAMP_TYPE_LOG_APPEND
         out = _decode_v2_records(records, header.record_count, base_offset, base_timestamp)
