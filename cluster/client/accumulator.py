@@ -1,0 +1,297 @@
+"""The producer's record accumulator: per-partition batches between ``send`` and the sender.
+
+Theory of operation
+-------------------
+Each partition has at most one *open* batch (``open[topic][partition]``) that ``append``
+adds records to, and a FIFO of *ready* batches (``ready[(topic, partition)]``) that are
+closed and wait for the sender. ``append`` is the producer's hot path (``Producer.send``
+inlines the same steps): under the one lock it appends a ``(timestamp_ms, key, value,
+headers)`` tuple to the open batch's list, subtracts the record's estimated size from the
+batch's room, and returns a ``RecordFuture`` tuple; it neither encodes nor allocates per
+record beyond those two tuples. Everything else (a full batch, a new batch, waiting for
+memory) is ``batch_with_room``, the slow path.
+
+A batch closes when the next record would push its estimated size past ``batch_size``
+(``append`` starts a new one; a record larger than ``batch_size`` gets a batch of its own),
+when it is ``linger_ms`` old, or at once while a flush or close is in progress
+(``close_due``). Closing the sticky partition's batch moves the topic's unkeyed records to
+another partition.
+
+The sender (``drain``) takes the head batch of each ready partition whose leader is known
+and whose leader has room for another request in flight, and *mutes* the partition until
+the batch's response arrives (``requeue`` or ``finish``). At most one batch per partition
+is ever in flight, so a retried batch can never be overtaken by a later one of the same
+partition: per-partition order holds across retries, with several requests in flight to
+one broker as long as they carry different partitions. (acks=0 batches are not muted:
+they get no response and are never retried.)
+
+Memory: ``buffered_bytes`` counts the estimated bytes of every closed, incomplete batch
+(open batches add at most ``batch_size`` per partition); when opening a batch would pass
+``buffer_memory``, ``append`` waits (up to ``max_block_s``) for batches to complete. No
+per-record accounting: a batch tracks only the room it has left. Batches waiting in ``ready`` longer than ``delivery_timeout_ms`` since creation
+are expired by ``expire``.
+
+Decision methods (``close_due``, ``drain``, ``expire``, ``next_wake_s``) take ``now_s`` and
+do no I/O; they are called with ``lock`` held. ``clock`` (``time.monotonic`` by default)
+is read only when ``append`` creates a batch.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Callable
+
+from cluster.client import errors
+from cluster.client.futures import ProducerBatch, RecordFuture
+from cluster.client.partitioner import StickyPartitions, positive_murmur2
+
+# Estimated msgpack bytes per record beyond key and value: array header, offset delta,
+# timestamp delta, two bin headers, nil headers. Generous, so a batch never outgrows
+# the estimate.
+RECORD_OVERHEAD_BYTES = 24
+HEADER_OVERHEAD_BYTES = 8
+
+TopicPartitionKey = tuple[str, int]
+_new_future = tuple.__new__
+
+
+class RecordAccumulator:
+    def __init__(
+        self,
+        *,
+        batch_size: int,
+        linger_ms: float,
+        buffer_memory: int,
+        delivery_timeout_ms: float,
+        retry_backoff_ms: float,
+        mute_in_flight: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        sticky: StickyPartitions | None = None,
+    ) -> None:
+        self.batch_size = batch_size
+        self.linger_s = linger_ms / 1000
+        self.buffer_memory = buffer_memory
+        self.delivery_timeout_s = delivery_timeout_ms / 1000
+        self.retry_backoff_s = retry_backoff_ms / 1000
+        self.mute_in_flight = mute_in_flight
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.sender_wakeup = threading.Condition(self.lock)
+        self.space_freed = threading.Condition(self.lock)
+        self.open: dict[str, list[ProducerBatch | None]] = {}
+        self.ready: dict[TopicPartitionKey, collections.deque[ProducerBatch]] = {}
+        self.muted: set[TopicPartitionKey] = set()
+        self.incomplete: set[ProducerBatch] = set()
+        self.buffered_bytes = 0
+        self.flushing = 0
+        self.closing = False
+        self.sticky = sticky or StickyPartitions()
+        self._sticky_current = self.sticky.current
+
+    # -- topics -------------------------------------------------------------------------
+
+    def set_partition_count(self, topic: str, num_partitions: int) -> None:
+        """Start accepting records for ``topic`` or grow its partitions. Takes the lock."""
+        with self.lock:
+            batches = self.open.get(topic)
+            if batches is None:
+                self.open[topic] = [None] * num_partitions
+                self.sticky.choose(topic, num_partitions)
+            elif num_partitions > len(batches):
+                batches.extend([None] * (num_partitions - len(batches)))
+
+    # -- the hot path ---------------------------------------------------------------------
+
+    def append(self, topic: str, partition: int | None, key: bytes | None, record: tuple, size: int,
+               max_block_s: float) -> RecordFuture:
+        """Add one record (``partition`` None: keyed hash or sticky choice).
+
+        The producer's ``send`` inlines exactly these steps for speed; tests drive this one.
+        """
+        batches = self.open[topic]
+        if partition is None:
+            key_hash = -1 if key is None else positive_murmur2(key)
+        else:
+            key_hash = -2  # placed explicitly: never follows the sticky partition
+        with self.lock:
+            if partition is None:
+                partition = self._sticky_current[topic] if key_hash < 0 else key_hash % len(batches)
+            batch = batches[partition]
+            if batch is None or batch.room_bytes < size:
+                batch = self.batch_with_room(topic, partition, key_hash == -1, size, max_block_s)
+            batch.room_bytes -= size
+            records = batch.records
+            records.append(record)
+            return _new_future(RecordFuture, (batch, len(records) - 1))
+
+    def batch_with_room(self, topic: str, partition: int, sticky: bool, size: int,
+                        max_block_s: float) -> ProducerBatch:
+        """The slow path of ``append`` (lock held): close a full batch, wait for memory, open one.
+
+        A ``sticky`` record (unkeyed, not placed explicitly) whose batch just closed follows
+        the topic to its new sticky partition; a keyed or explicitly placed one stays put.
+        """
+        if self.closing:
+            raise errors.IllegalStateError("send() after the producer was closed")
+        batches = self.open[topic]
+        batch = batches[partition]
+        if batch is not None:
+            was_sticky = sticky and self._sticky_current.get(topic) == partition
+            self._close(batch)
+            if was_sticky:
+                partition = self._sticky_current[topic]
+                batch = batches[partition]
+                if batch is not None and batch.room_bytes >= size:
+                    return batch
+                if batch is not None:
+                    self._close(batch)
+        capacity = max(self.batch_size, size)
+        if self.buffered_bytes + capacity > self.buffer_memory and self.buffered_bytes:
+            self._wait_for_space(capacity, max_block_s)
+            batch = batches[partition]
+            if batch is not None and batch.room_bytes >= size:
+                return batch
+            if batch is not None:
+                self._close(batch)
+        batch = ProducerBatch(topic, partition, self.clock(), capacity)
+        batches[partition] = batch
+        self.incomplete.add(batch)
+        self.sender_wakeup.notify()
+        return batch
+
+    def _close(self, batch: ProducerBatch) -> None:
+        """Move an open batch to its partition's ready queue; switch the sticky partition."""
+        topic, partition = batch.topic, batch.partition
+        batches = self.open[topic]
+        batches[partition] = None
+        batch.size_bytes = batch.capacity_bytes - batch.room_bytes
+        self.buffered_bytes += batch.size_bytes
+        key = (topic, partition)
+        queue = self.ready.get(key)
+        if queue is None:
+            queue = self.ready[key] = collections.deque()
+        queue.append(batch)
+        self.sticky.next_partition(topic, partition, len(batches))
+        self.sender_wakeup.notify()
+
+    def _wait_for_space(self, size: int, max_block_s: float) -> None:
+        deadline = time.monotonic() + max_block_s
+        while self.buffered_bytes + size > self.buffer_memory and self.buffered_bytes and not self.closing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise errors.KafkaTimeoutError(
+                    f"buffer_memory of {self.buffer_memory} bytes full for {max_block_s * 1000:.0f} ms")
+            self.flushing += 1  # sending what is buffered is the only way to free space
+            self.sender_wakeup.notify()
+            try:
+                self.space_freed.wait(remaining)
+            finally:
+                self.flushing -= 1
+        if self.closing:
+            raise errors.IllegalStateError("send() after the producer was closed")
+
+    # -- the sender's side (lock held) ------------------------------------------------------
+
+    def close_due(self, now_s: float) -> None:
+        """Close open batches that lingered long enough (all of them while flushing/closing)."""
+        force = self.flushing > 0 or self.closing
+        deadline = now_s - self.linger_s
+        for batches in self.open.values():
+            for batch in batches:
+                if batch is not None and (force or batch.created_s <= deadline):
+                    self._close(batch)
+
+    def drain(self, now_s: float, leader_for: Callable[[str, int], int],
+              node_has_room: Callable[[int], bool]) -> tuple[dict[int, list[ProducerBatch]], bool]:
+        """Take the sendable head batches, grouped by leader; also say if a leader was unknown."""
+        out: dict[int, list[ProducerBatch]] = {}
+        leader_unknown = False
+        full_nodes: set[int] = set()
+        for key, queue in self.ready.items():
+            if not queue or key in self.muted:
+                continue
+            head = queue[0]
+            if head.retry_at_s > now_s:
+                continue
+            leader = leader_for(key[0], key[1])
+            if leader < 0:
+                leader_unknown = True
+                continue
+            if leader in full_nodes:
+                continue
+            if leader not in out and not node_has_room(leader):
+                full_nodes.add(leader)
+                continue
+            queue.popleft()
+            if self.mute_in_flight:
+                self.muted.add(key)
+            out.setdefault(leader, []).append(head)
+        return out, leader_unknown
+
+    def expire(self, now_s: float) -> list[ProducerBatch]:
+        """Remove and return ready batches older than the delivery timeout (none in flight)."""
+        expired: list[ProducerBatch] = []
+        deadline = now_s - self.delivery_timeout_s
+        for queue in self.ready.values():
+            while queue and queue[0].created_s <= deadline:
+                expired.append(queue.popleft())
+        return expired
+
+    def next_wake_s(self, now_s: float) -> float | None:
+        """Seconds until some batch needs the sender again (None: only an event will)."""
+        wake: float | None = None
+        if not (self.flushing or self.closing):
+            for batches in self.open.values():
+                for batch in batches:
+                    if batch is not None:
+                        t = batch.created_s + self.linger_s
+                        wake = t if wake is None or t < wake else wake
+        for key, queue in self.ready.items():
+            if queue:
+                t = queue[0].created_s + self.delivery_timeout_s
+                if key not in self.muted:
+                    t = min(t, queue[0].retry_at_s)
+                wake = t if wake is None or t < wake else wake
+        return None if wake is None else max(0.0, wake - now_s)
+
+    def requeue(self, batch: ProducerBatch, now_s: float) -> None:
+        """Put a failed batch back at the head of its partition for a retry after the backoff."""
+        key = (batch.topic, batch.partition)
+        batch.retry_at_s = now_s + self.retry_backoff_s
+        queue = self.ready.get(key)
+        if queue is None:
+            queue = self.ready[key] = collections.deque()
+        queue.appendleft(batch)
+        self.muted.discard(key)
+        self.sender_wakeup.notify()
+
+    def unmute(self, batch: ProducerBatch) -> None:
+        self.muted.discard((batch.topic, batch.partition))
+
+    def release(self, batch: ProducerBatch) -> None:
+        """Forget a batch that completed (either way): free its buffer space."""
+        if batch in self.incomplete:
+            self.incomplete.discard(batch)
+            self.buffered_bytes -= batch.size_bytes
+            self.space_freed.notify_all()
+        self.muted.discard((batch.topic, batch.partition))
+        if not self.incomplete:
+            self.sender_wakeup.notify_all()
+
+    def has_unsent(self) -> bool:
+        return any(self.ready.values()) or any(b is not None for bs in self.open.values() for b in bs)
+
+    def take_all_unsent(self) -> list[ProducerBatch]:
+        """Remove and return every open and ready batch (for an aborting close)."""
+        out: list[ProducerBatch] = []
+        for batches in self.open.values():
+            for i, batch in enumerate(batches):
+                if batch is not None:
+                    out.append(batch)
+                    batches[i] = None
+        for queue in self.ready.values():
+            out.extend(queue)
+            queue.clear()
+        return out

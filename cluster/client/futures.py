@@ -1,0 +1,167 @@
+"""What ``Producer.send`` returns: a per-record future that is two slots, not an object graph.
+
+Theory of operation
+-------------------
+A record's fate is its batch's fate, so the batch (``ProducerBatch``) holds the outcome
+(base offset, log-append time or error) and one ``threading.Event``; ``RecordFuture`` is
+just the tuple ``(batch, index)`` and computes ``offset = base_offset + index`` when asked. Completing
+a batch is one event set plus the callbacks someone registered, never a loop over records.
+
+Callbacks registered on a record run once, in the thread that completes its batch (the
+producer's network threads), or at once in the caller's thread if the batch is already
+complete. A callback must not block on the producer (e.g. ``flush``) or it stalls delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from functools import partial
+from typing import Any, Callable
+
+from cluster.client import errors
+from cluster.client.structs import RecordMetadata
+
+log = logging.getLogger(__name__)
+
+# One lock for every batch's callback list: taken only to register a callback or to
+# complete a batch, never on the send path.
+_CALLBACK_LOCK = threading.Lock()
+
+
+class ProducerBatch:
+    """Records bound for one partition, sent and acknowledged together.
+
+    ``records`` holds ``(timestamp_ms, key, value, headers)`` tuples, the shape
+    ``storage.batch.encode_batch`` takes. ``size_bytes`` is the producer's estimate of the
+    encoded size. Times are ``time.monotonic()`` seconds.
+    """
+
+    __slots__ = (
+        "topic", "partition", "records", "size_bytes", "created_s", "attempts", "retry_at_s",
+        "encoded", "base_offset", "log_append_time_ms", "error", "done_event", "callbacks",
+        "last_error", "room_bytes", "capacity_bytes",
+    )
+
+    def __init__(self, topic: str, partition: int, created_s: float, room_bytes: int = 0) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.records: list[tuple[int, bytes | None, bytes | None, Any]] = []
+        self.size_bytes = 0  # known when the batch closes: room given minus room left
+        self.room_bytes = room_bytes  # estimated bytes the batch still accepts
+        self.capacity_bytes = room_bytes
+        self.created_s = created_s
+        self.attempts = 0
+        self.retry_at_s = 0.0
+        self.encoded: bytes | None = None
+        self.base_offset = -1
+        self.log_append_time_ms = -1
+        self.error: BaseException | None = None
+        self.last_error: BaseException | None = None
+        self.done_event = threading.Event()
+        self.callbacks: list[tuple[int, Callable[[Any], Any], bool]] | None = None
+
+    def __repr__(self) -> str:
+        return f"ProducerBatch({self.topic}-{self.partition}, {len(self.records)} records, attempts={self.attempts})"
+
+    def is_done(self) -> bool:
+        return self.done_event.is_set()
+
+    def metadata_for(self, index: int) -> RecordMetadata:
+        offset = self.base_offset + index if self.base_offset >= 0 else -1
+        timestamp = self.log_append_time_ms if self.log_append_time_ms >= 0 else self.records[index][0]
+        return RecordMetadata(self.topic, self.partition, offset, timestamp)
+
+    def complete(self, base_offset: int, log_append_time_ms: int = -1, error: BaseException | None = None) -> None:
+        """Record the outcome, wake waiters, run callbacks. Only the first call counts."""
+        with _CALLBACK_LOCK:
+            if self.done_event.is_set():
+                return
+            self.base_offset = base_offset
+            self.log_append_time_ms = log_append_time_ms if log_append_time_ms is not None else -1
+            self.error = error
+            self.encoded = None
+            callbacks, self.callbacks = self.callbacks, None
+            self.done_event.set()
+        if callbacks:
+            for index, callback, is_errback in callbacks:
+                self._run(index, callback, is_errback)
+
+    def add_callback(self, index: int, callback: Callable[[Any], Any], is_errback: bool) -> None:
+        with _CALLBACK_LOCK:
+            if not self.done_event.is_set():
+                if self.callbacks is None:
+                    self.callbacks = []
+                self.callbacks.append((index, callback, is_errback))
+                return
+        self._run(index, callback, is_errback)
+
+    def _run(self, index: int, callback: Callable[[Any], Any], is_errback: bool) -> None:
+        try:
+            if self.error is None:
+                if not is_errback:
+                    callback(self.metadata_for(index))
+            elif is_errback:
+                callback(self.error)
+        except Exception:  # an application callback's bug must not stop delivery
+            log.exception("producer callback failed for %s-%d", self.topic, self.partition)
+
+
+class RecordFuture(tuple):
+    """The outcome of one ``send``: a ``RecordMetadata`` or the error that replaced it.
+
+    A ``(batch, index)`` tuple: building one costs a C-level tuple allocation, which is
+    what the producer's per-record budget allows.
+    """
+
+    __slots__ = ()
+
+    def done(self) -> bool:
+        return self[0].done_event.is_set()
+
+    is_done = property(done)
+
+    def get(self, timeout: float | None = None) -> RecordMetadata:
+        """Wait up to ``timeout`` seconds (None: forever) for the record's metadata."""
+        batch, index = self
+        if not batch.done_event.wait(timeout):
+            raise errors.KafkaTimeoutError(f"record not acknowledged within {timeout} s")
+        if batch.error is not None:
+            raise batch.error
+        return batch.metadata_for(index)
+
+    def exception(self) -> BaseException | None:
+        """The error if the record failed; None if it succeeded or is still pending."""
+        batch = self[0]
+        return batch.error if batch.done_event.is_set() else None
+
+    def succeeded(self) -> bool:
+        batch = self[0]
+        return batch.done_event.is_set() and batch.error is None
+
+    def failed(self) -> bool:
+        batch = self[0]
+        return batch.done_event.is_set() and batch.error is not None
+
+    def add_callback(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "RecordFuture":
+        """Call ``fn(*args, metadata, **kwargs)`` when the record is acknowledged."""
+        self[0].add_callback(self[1], partial(fn, *args, **kwargs) if args or kwargs else fn, False)
+        return self
+
+    def add_errback(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "RecordFuture":
+        """Call ``fn(*args, error, **kwargs)`` when the record fails."""
+        self[0].add_callback(self[1], partial(fn, *args, **kwargs) if args or kwargs else fn, True)
+        return self
+
+    def add_both(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "RecordFuture":
+        self.add_callback(fn, *args, **kwargs)
+        return self.add_errback(fn, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        batch, index = self
+        state = "pending" if not batch.done_event.is_set() else ("failed" if batch.error else "done")
+        return f"RecordFuture({batch.topic}-{batch.partition}[{index}], {state})"
+
+
+def new_record_future(batch: ProducerBatch, index: int) -> RecordFuture:
+    return tuple.__new__(RecordFuture, (batch, index))

@@ -1,0 +1,235 @@
+"""The producer's sender thread: closed batches in, Produce requests out, futures completed.
+
+Theory of operation
+-------------------
+One thread loops: refresh metadata when due; under the accumulator's lock close batches
+that lingered, expire batches past ``delivery_timeout_ms`` and ``drain`` the sendable ones
+grouped by leader; then, outside the lock, encode each batch once
+(``storage.batch.encode_batch``) and send one Produce request per leader, pipelined up to
+``max_in_flight_requests_per_connection`` per broker. Then it sleeps on the accumulator's
+condition until a batch closes, a response frees a partition, or the next deadline.
+
+Responses arrive on connection reader threads (``_on_response``). Per partition:
+success completes the batch (record offset = base offset + index); a retriable error
+puts the batch back at the head of its partition after ``retry_backoff_ms`` (and asks for
+fresh metadata when the error says the leader moved) unless ``retries`` or the delivery
+timeout are used up; any other error fails the batch. A lost connection fails the
+request with NETWORK_EXCEPTION, which is retriable: the batch is sent again, so a batch
+the node had written before the connection broke can be written twice (at-least-once; the
+idempotent producer will remove this). Order within a partition holds because the
+accumulator keeps at most one batch per partition in flight.
+
+With acks=0 there is no response: a batch is complete (offset -1) once its request is
+written to the socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable
+
+from cluster.client import errors
+from cluster.client.accumulator import RecordAccumulator
+from cluster.client.futures import ProducerBatch
+from cluster.client.network import NetworkClient
+from cluster.protocol.api import ApiKey
+from storage.batch import encode_batch
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT_S_MAX = 1.0  # the sender re-checks metadata age at least this often
+
+
+class Sender:
+    def __init__(
+        self,
+        client: NetworkClient,
+        accumulator: RecordAccumulator,
+        *,
+        acks: int,
+        retries: int,
+        request_timeout_ms: int,
+        max_in_flight: int,
+        topics: Callable[[], set[str]],
+        on_metadata: Callable[[], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.acc = accumulator
+        self.acks = acks
+        self.retries = retries
+        self.request_timeout_ms = request_timeout_ms
+        self.max_in_flight = max_in_flight
+        self.topics = topics  # the producer's current topics (a fresh set after each change)
+        self.on_metadata = on_metadata
+        self._in_flight_by_node: dict[int, int] = {}
+        self._running = True
+        self._force_close = False
+        self._thread = threading.Thread(target=self._run, name="kraft-producer-sender", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout_s: float | None) -> bool:
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def initiate_close(self) -> None:
+        with self.acc.lock:
+            self.acc.closing = True
+            self.acc.sender_wakeup.notify_all()
+            self.acc.space_freed.notify_all()
+
+    def force_close(self) -> None:
+        """Stop now: every incomplete batch fails."""
+        with self.acc.lock:
+            self.acc.closing = True
+            self._force_close = True
+            self.acc.sender_wakeup.notify_all()
+            self.acc.space_freed.notify_all()
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while self._run_once():
+                pass
+        except Exception:
+            log.exception("producer sender thread failed")
+        finally:
+            self.abort_incomplete()
+
+    def _run_once(self) -> bool:
+        acc = self.acc
+        topics = self.topics()
+        try:
+            if topics and self.client.maybe_refresh_metadata(topics) and self.on_metadata is not None:
+                self.on_metadata()
+        except errors.KraftError as exc:  # e.g. a node that refuses the request: keep sending
+            log.warning("metadata refresh failed: %s", exc)
+        metadata = self.client.metadata
+        with acc.lock:
+            if self._force_close:
+                return False
+            now_s = acc.clock()
+            acc.close_due(now_s)
+            expired = acc.expire(now_s)
+            ready, leader_unknown = acc.drain(now_s, metadata.leader_for, self._node_has_room)
+            for node in ready:
+                self._in_flight_by_node[node] = self._in_flight_by_node.get(node, 0) + 1
+            if not ready and not expired:
+                if acc.closing and not acc.incomplete:
+                    return False
+                wait_s = acc.next_wake_s(now_s)
+                if leader_unknown:
+                    metadata.request_update()
+                    due_s = metadata.refresh_due_in_ms(now_s * 1000) / 1000
+                    wait_s = due_s if wait_s is None else min(wait_s, due_s)
+                wait_s = IDLE_WAIT_S_MAX if wait_s is None else min(wait_s, IDLE_WAIT_S_MAX)
+                if wait_s > 0:
+                    acc.sender_wakeup.wait(wait_s)
+                return True
+        if leader_unknown:
+            metadata.request_update()
+        for batch in expired:
+            self._fail(batch, errors.KafkaTimeoutError(
+                f"expiring {len(batch.records)} record(s) for {batch.topic}-{batch.partition}: "
+                f"{(now_s - batch.created_s) * 1000:.0f} ms passed since the batch was created"
+                + (f" (last error: {batch.last_error})" if batch.last_error else "")))
+        for node, batches in ready.items():
+            self._send_produce(node, batches)
+        return True
+
+    def _node_has_room(self, node: int) -> bool:
+        return self._in_flight_by_node.get(node, 0) < self.max_in_flight
+
+    # -- requests -----------------------------------------------------------------------
+
+    def _send_produce(self, node: int, batches: list[ProducerBatch]) -> None:
+        topics: dict[str, list[dict[str, Any]]] = {}
+        for batch in batches:
+            if batch.encoded is None:
+                batch.encoded = encode_batch(batch.records)
+            batch.attempts += 1
+            topics.setdefault(batch.topic, []).append({"index": batch.partition, "records": batch.encoded})
+        body = {
+            "acks": self.acks,
+            "timeout_ms": self.request_timeout_ms,
+            "topics": [{"name": name, "partitions": parts} for name, parts in topics.items()],
+        }
+        expect_response = self.acks != 0
+        future = self.client.send(node, ApiKey.PRODUCE, body, expect_response=expect_response)
+        future.add_callback(lambda f: self._on_response(node, batches, f))
+
+    def _on_response(self, node: int, batches: list[ProducerBatch], future: Any) -> None:
+        done: list[tuple[ProducerBatch, int, int]] = []
+        failed: list[tuple[ProducerBatch, BaseException]] = []
+        retry: list[ProducerBatch] = []
+        now_s = self.acc.clock()
+        if future.error is not None:
+            for batch in batches:
+                self._classify(batch, future.error, now_s, retry, failed)
+        elif self.acks == 0:
+            done = [(batch, -1, -1) for batch in batches]
+        else:
+            body = future.value
+            results: dict[tuple[str, int], dict] = {}
+            for topic in body.get("topics", ()):
+                for p in topic.get("partitions", ()):
+                    results[(topic["name"], p["index"])] = p
+            whole_error = body.get("error_code", 0)
+            for batch in batches:
+                p = results.get((batch.topic, batch.partition))
+                if p is None:
+                    code = whole_error or errors.UNKNOWN_SERVER_ERROR
+                    error = errors.error_for_code(code, body.get("error_message") or "no result for the partition")
+                    self._classify(batch, error, now_s, retry, failed)
+                elif p.get("error_code", 0):
+                    error = errors.error_for_code(p["error_code"], p.get("error_message"))
+                    self._classify(batch, error, now_s, retry, failed)
+                else:
+                    done.append((batch, p["base_offset"], p.get("log_append_time_ms", -1)))
+        if any(getattr(e, "invalid_metadata", False) for e in (b.last_error for b in retry)):
+            self.client.metadata.request_update()
+        for batch, base_offset, append_time in done:
+            batch.complete(base_offset, append_time)
+        for batch, error in failed:
+            batch.complete(-1, -1, error)
+        with self.acc.lock:
+            self._in_flight_by_node[node] -= 1
+            for batch in retry:
+                self.acc.requeue(batch, now_s)
+            for batch, _, _ in done:
+                self.acc.release(batch)
+            for batch, _ in failed:
+                self.acc.release(batch)
+            self.acc.sender_wakeup.notify()
+
+    def _classify(self, batch: ProducerBatch, error: BaseException, now_s: float,
+                  retry: list[ProducerBatch], failed: list[tuple[ProducerBatch, BaseException]]) -> None:
+        batch.last_error = error
+        retriable = getattr(error, "retriable", False)
+        in_time = now_s - batch.created_s < self.acc.delivery_timeout_s
+        if retriable and batch.attempts <= self.retries and in_time and not self._force_close:
+            log.debug("retrying %r after %s", batch, error)
+            retry.append(batch)
+        else:
+            failed.append((batch, error))
+
+    def _fail(self, batch: ProducerBatch, error: BaseException) -> None:
+        batch.complete(-1, -1, error)
+        with self.acc.lock:
+            self.acc.release(batch)
+
+    def abort_incomplete(self) -> None:
+        """Fail every record not yet acknowledged (the producer is closing)."""
+        error = errors.IllegalStateError("the producer was closed before the record was acknowledged")
+        with self.acc.lock:
+            self.acc.closing = True
+            self.acc.take_all_unsent()
+            batches = list(self.acc.incomplete)
+        for batch in batches:
+            self._fail(batch, error)
+        with self.acc.lock:
+            self.acc.space_freed.notify_all()
+            self.acc.sender_wakeup.notify_all()

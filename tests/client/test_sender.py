@@ -1,0 +1,130 @@
+"""The producer's retry and failure paths against a scripted broker (no node): retriable
+errors are retried in order after a metadata refresh, others fail the records, batches
+that cannot be sent expire, and acks=0 gets no response."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from cluster.client import Producer, errors
+from cluster.protocol import framing
+from cluster.protocol.api import ApiKey
+from storage.batch import decode_batch, split_batches
+from tests.client.fake_broker import FakeBroker
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class ScriptedCluster:
+    """One broker, topic ``t`` with one partition; produce results come from ``errors_to_return``."""
+
+    def __init__(self, produce_errors: list[int] | None = None, leader: int = 1) -> None:
+        self.produce_errors = list(produce_errors or [])
+        self.leader = leader
+        self.metadata_requests = 0
+        self.produced: list[list[bytes]] = []  # values of each accepted batch, in order
+        self.acks_seen: list[int] = []
+        self.lock = threading.Lock()
+        self.broker = FakeBroker(self.handle)
+
+    def handle(self, header: framing.RequestHeader, body: dict) -> Any:
+        with self.lock:
+            if header.api_key == ApiKey.METADATA:
+                self.metadata_requests += 1
+                return {"cluster_id": "c", "controller_id": 1,
+                        "brokers": [{"node_id": 1, "host": "127.0.0.1", "port": self.broker.port, "rack": None}],
+                        "topics": [{"error_code": 0, "name": "t", "is_internal": False, "partitions": [
+                            {"error_code": 0, "partition_index": 0, "leader_id": self.leader, "leader_epoch": 0,
+                             "replica_nodes": [1], "isr_nodes": [1], "offline_replicas": []}]}]}
+            assert header.api_key == ApiKey.PRODUCE
+            self.acks_seen.append(body["acks"])
+            results = []
+            for topic in body["topics"]:
+                parts = []
+                for p in topic["partitions"]:
+                    code = self.produce_errors.pop(0) if self.produce_errors else 0
+                    base = sum(len(b) for b in self.produced)
+                    if code == 0:
+                        self.produced.append([r.value for b in split_batches(p["records"]) for r in decode_batch(b)])
+                    parts.append({"index": p["index"], "error_code": code, "error_message": None if not code else "scripted",
+                                  "base_offset": base if code == 0 else -1, "log_append_time_ms": -1,
+                                  "log_start_offset": 0})
+                results.append({"name": topic["name"], "partitions": parts})
+            if body["acks"] == 0:
+                return None
+            return {"topics": results}
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.broker.port}"
+
+
+def test_retriable_errors_are_retried_in_order_after_a_metadata_refresh() -> None:
+    cluster = ScriptedCluster([errors.NOT_LEADER_OR_FOLLOWER, errors.NOT_LEADER_OR_FOLLOWER])
+    try:
+        with Producer(cluster.bootstrap, linger_ms=0, retry_backoff_ms=10, batch_size=1000) as producer:
+            futures = [producer.send("t", value=b"%03d" % i) for i in range(60)]
+            producer.flush(timeout=30)
+        assert [f.get(timeout=1).offset for f in futures] == list(range(60))
+        values = [v for batch in cluster.produced for v in batch]
+        assert values == [b"%03d" % i for i in range(60)], "a retried batch was overtaken or lost"
+        assert cluster.metadata_requests >= 2, "NOT_LEADER_OR_FOLLOWER must refresh the metadata"
+    finally:
+        cluster.broker.close()
+
+
+def test_non_retriable_errors_fail_the_records_and_retries_zero_fails_fast() -> None:
+    cluster = ScriptedCluster([errors.CORRUPT_MESSAGE, errors.MESSAGE_TOO_LARGE])
+    try:
+        with Producer(cluster.bootstrap, linger_ms=0, retries=0) as producer:
+            first = producer.send("t", value=b"a")
+            with pytest.raises(errors.CorruptMessageError):  # retriable, but retries=0
+                first.get(timeout=30)
+            second = producer.send("t", value=b"b")
+            with pytest.raises(errors.MessageTooLargeError, match="MESSAGE_TOO_LARGE"):
+                second.get(timeout=30)
+            seen: list = []
+            producer.send("t", value=b"c").add_errback(seen.append).get(timeout=30)
+            assert seen == []
+    finally:
+        cluster.broker.close()
+
+
+def test_batches_without_a_leader_expire_after_the_delivery_timeout() -> None:
+    cluster = ScriptedCluster(leader=-1)
+    try:
+        with Producer(cluster.bootstrap, linger_ms=0, delivery_timeout_ms=400, request_timeout_ms=300,
+                      retry_backoff_ms=20) as producer:
+            future = producer.send("t", value=b"x")
+            with pytest.raises(errors.KafkaTimeoutError, match="expiring 1 record"):
+                future.get(timeout=30)
+        assert cluster.produced == []
+    finally:
+        cluster.broker.close()
+
+
+def test_acks_zero_completes_without_a_response() -> None:
+    cluster = ScriptedCluster()
+    try:
+        with Producer(cluster.bootstrap, acks=0, linger_ms=0) as producer:
+            futures = [producer.send("t", value=b"%d" % i) for i in range(10)]
+            producer.flush(timeout=30)
+            assert all(f.get(timeout=1).offset == -1 for f in futures)
+        assert set(cluster.acks_seen) == {0}
+    finally:
+        cluster.broker.close()
+
+
+def test_close_with_a_timeout_fails_what_cannot_be_delivered() -> None:
+    cluster = ScriptedCluster(leader=-1)
+    try:
+        producer = Producer(cluster.bootstrap, linger_ms=0, retry_backoff_ms=20)
+        future = producer.send("t", value=b"stuck")
+        producer.close(timeout=0.3)
+        with pytest.raises(errors.KraftError):
+            future.get(timeout=10)
+    finally:
+        cluster.broker.close()
