@@ -1,0 +1,224 @@
+"""Raft snapshots of the metadata image: plain msgpack data, never pickled objects.
+
+Theory of operation
+-------------------
+pysyncobj compacts its journal by writing a "full dump" of the state machine and dropping
+the journal entries the dump covers; it sends the same file to a follower that is too far
+behind to be caught up from the journal. By default it pickles the state machine's
+attributes. ``kraft.raft_log`` replaces that with the ``serializer``/``deserializer`` hooks
+and this module's file format, so nothing of the project (and no pickle opcode written by
+the project) is inside a dump, and a dump can be read without running code from it.
+
+A dump is one file::
+
+    SNAPSHOT_MAGIC (8 bytes) | payload_length (u32 BE) | crc32(payload) (u32 BE) | payload
+    payload = msgpack map {
+        "image":  [offset, brokers, topics],          (image_to_plain below)
+        "last":   [command, index, term],             the last journal entry the image includes
+        "prev":   [command, index, term],             the entry before it (pysyncobj keeps both)
+        "voters": ["host:port", ...],
+    }
+
+``command`` is the journal's own bytes for that entry; it is carried, never interpreted.
+
+The image is written field by field in the order each image dataclass declares its fields
+(``BROKER_FIELDS`` and friends). A test compares those tuples with the dataclasses, so a
+field added to the image without being added here fails the suite instead of being
+silently dropped from snapshots.
+
+Example: the image after ``RegisterBrokerRecord(1, "h", 9092, None)`` is
+``[1, [[1, "h", 9092, None, False]], []]``.
+
+pysyncobj has the dump written to ``<file>.tmp`` and renames it over the file; the write
+is fsynced here, and ``kraft.raft_log`` fsyncs the directory after the rename and before
+the journal the dump replaces is cut, so a crash leaves either the old dump or the new
+one. ``read_snapshot`` raises ``ValueError`` for a file that is torn, damaged or of another
+format.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from kraft.image import BrokerImage, MetadataImage, PartitionImage, TopicImage
+
+SNAPSHOT_MAGIC = b"KRAFTSN1"  # the last byte is the format version
+SNAPSHOT_HEADER = struct.Struct(">II")  # payload length, CRC-32 of the payload
+SNAPSHOT_BYTES_MAX = 512 * 1024 * 1024
+
+# The order in which each image dataclass is written; must list every field (tested).
+BROKER_FIELDS = ("broker_id", "host", "port", "rack", "fenced")
+PARTITION_FIELDS = ("partition", "replicas", "isr", "leader", "leader_epoch", "partition_epoch")
+TOPIC_FIELDS = ("topic_id", "name", "configs", "partitions")
+IMAGE_FIELDS = ("brokers", "topics_by_id", "offset")
+
+JournalEntry = tuple[bytes, int, int]  # (command, raft index, raft term), as pysyncobj keeps it
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    image: MetadataImage
+    last_entry: JournalEntry
+    previous_entry: JournalEntry
+    voters: tuple[str, ...]
+
+
+def image_to_plain(image: MetadataImage) -> list[Any]:
+    """The image as msgpack-ready lists: ``[offset, brokers, topics]``."""
+    brokers = [
+        [getattr(broker, name) for name in BROKER_FIELDS]
+        for _, broker in sorted(image.brokers.items())
+    ]
+    topics = []
+    for _, topic in sorted(image.topics_by_id.items()):
+        partitions = [
+            [list(v) if isinstance(v, tuple) else v
+             for v in (getattr(partition, name) for name in PARTITION_FIELDS)]
+            for _, partition in sorted(topic.partitions.items())
+        ]
+        topics.append([topic.topic_id, topic.name, dict(topic.configs), partitions])
+    return [image.offset, brokers, topics]
+
+
+def image_from_plain(plain: Any) -> MetadataImage:
+    """Inverse of ``image_to_plain``; ``ValueError`` if the data does not have its shape."""
+    try:
+        offset, brokers_plain, topics_plain = plain
+        _require(_is_int(offset) and offset >= 0, "offset")
+        brokers: dict[int, BrokerImage] = {}
+        for values in brokers_plain:
+            _require(isinstance(values, list) and len(values) == len(BROKER_FIELDS), "broker")
+            broker = BrokerImage(**dict(zip(BROKER_FIELDS, values)))
+            _require(_is_int(broker.broker_id) and broker.broker_id not in brokers, "broker id")
+            _require(isinstance(broker.host, str) and _is_int(broker.port)
+                     and (broker.rack is None or isinstance(broker.rack, str))
+                     and isinstance(broker.fenced, bool), "broker fields")
+            brokers[broker.broker_id] = broker
+        topics: dict[str, TopicImage] = {}
+        for topic_id, name, configs, partitions_plain in topics_plain:
+            _require(isinstance(topic_id, str) and isinstance(name, str), "topic id/name")
+            _require(isinstance(configs, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in configs.items()), "configs")
+            partitions: dict[int, PartitionImage] = {}
+            for values in partitions_plain:
+                _require(isinstance(values, list) and len(values) == len(PARTITION_FIELDS), "partition")
+                fields = dict(zip(PARTITION_FIELDS, values))
+                fields["replicas"] = tuple(fields["replicas"])
+                fields["isr"] = tuple(fields["isr"])
+                partition = PartitionImage(**fields)
+                _require(all(_is_int(v) for v in (partition.partition, partition.leader,
+                                                  partition.leader_epoch, partition.partition_epoch,
+                                                  *partition.replicas, *partition.isr)),
+                         "partition fields")
+                _require(partition.partition not in partitions, "partition number")
+                partitions[partition.partition] = partition
+            _require(topic_id not in topics, "topic id")
+            topics[topic_id] = TopicImage(topic_id, name, configs, partitions)
+        _require(len({t.name for t in topics.values()}) == len(topics), "topic names")
+        return MetadataImage(brokers=brokers, topics_by_id=topics, offset=offset)
+    except ValueError:
+        raise
+    except (TypeError, KeyError, AssertionError) as exc:
+        raise ValueError(f"snapshot image is malformed: {exc!r}") from None
+
+
+def encode_snapshot(snapshot: Snapshot) -> bytes:
+    payload = msgpack.packb(
+        {
+            "image": image_to_plain(snapshot.image),
+            "last": list(snapshot.last_entry),
+            "prev": list(snapshot.previous_entry),
+            "voters": list(snapshot.voters),
+        },
+        use_bin_type=True,
+    )
+    return SNAPSHOT_MAGIC + SNAPSHOT_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def decode_snapshot(data: bytes) -> Snapshot:
+    """Parse ``encode_snapshot``'s bytes; ``ValueError`` for anything else."""
+    header_end = len(SNAPSHOT_MAGIC) + SNAPSHOT_HEADER.size
+    if len(data) < header_end or data[: len(SNAPSHOT_MAGIC)] != SNAPSHOT_MAGIC:
+        raise ValueError("not a kraft snapshot (or another version)")
+    length, crc = SNAPSHOT_HEADER.unpack_from(data, len(SNAPSHOT_MAGIC))
+    payload = data[header_end:]
+    if len(payload) != length:
+        raise ValueError(f"snapshot payload is {len(payload)} bytes, header says {length}")
+    if zlib.crc32(payload) != crc:
+        raise ValueError("snapshot CRC mismatch")
+    try:
+        body = msgpack.unpackb(payload, raw=False, use_list=True, strict_map_key=True)
+    except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as exc:
+        raise ValueError(f"snapshot is not valid msgpack: {exc!r}") from None
+    if not isinstance(body, dict) or set(body) != {"image", "last", "prev", "voters"}:
+        raise ValueError("snapshot body has the wrong keys")
+    voters = body["voters"]
+    if not isinstance(voters, list) or not all(isinstance(v, str) for v in voters):
+        raise ValueError("snapshot voters must be a list of addresses")
+    return Snapshot(
+        image=image_from_plain(body["image"]),
+        last_entry=_journal_entry(body["last"]),
+        previous_entry=_journal_entry(body["prev"]),
+        voters=tuple(voters),
+    )
+
+
+def write_snapshot(path: str, snapshot: Snapshot, fsync: bool = True) -> None:
+    """Write the snapshot to ``path`` (a temporary name: pysyncobj renames it into place
+    afterwards, and the caller makes that rename durable) and fsync it."""
+    data = encode_snapshot(snapshot)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_snapshot(path: str) -> Snapshot:
+    size = os.path.getsize(path)
+    if size > SNAPSHOT_BYTES_MAX:
+        raise ValueError(f"snapshot {path} is {size} bytes, limit {SNAPSHOT_BYTES_MAX}")
+    with open(path, "rb") as f:
+        return decode_snapshot(f.read())
+
+
+def fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(directory: str) -> None:
+    """Make a new or renamed file's directory entry durable, not only its contents."""
+    fsync_file(directory)
+
+
+def _journal_entry(values: Any) -> JournalEntry:
+    _require(isinstance(values, list) and len(values) == 3, "journal entry")
+    command, index, term = values
+    _require(isinstance(command, bytes), "journal entry command")
+    _require(isinstance(index, int) and isinstance(term, int) and index >= 0 and term >= 0,
+             "journal entry index/term")
+    return (command, index, term)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require(condition: bool, what: str) -> None:
+    if not condition:
+        raise ValueError(f"snapshot {what} is malformed")
+
