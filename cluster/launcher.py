@@ -63,7 +63,7 @@ def write_toml(path: Path, config: dict[str, Any]) -> Path:
     return path
 
 
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
     chunks = []
     while n:
         chunk = sock.recv(n)
@@ -79,8 +79,8 @@ def api_versions_ok(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1.0) as sock:
             sock.sendall(framing.encode_request(ApiKey.API_VERSIONS, 0, 1, "probe", {}))
-            size = framing.check_frame_size(_recv_exactly(sock, 4), PROBE_FRAME_BYTES_MAX)
-            correlation_id, body = framing.decode_response(_recv_exactly(sock, size))
+            size = framing.check_frame_size(recv_exactly(sock, 4), PROBE_FRAME_BYTES_MAX)
+            correlation_id, body = framing.decode_response(recv_exactly(sock, size))
             return correlation_id == 1 and body.get("error_code") == 0
     except (OSError, framing.FrameError):
         return False

@@ -10,6 +10,7 @@ import socket
 import threading
 from typing import Any, Callable
 
+from cluster.launcher import recv_exactly
 from cluster.protocol import framing
 
 HOLD = object()
@@ -39,9 +40,9 @@ class FakeBroker:
     def _serve(self, conn: socket.socket) -> None:
         try:
             while True:
-                prefix = _recv_exactly(conn, 4)
+                prefix = recv_exactly(conn, 4)
                 size = framing.check_frame_size(prefix, 1 << 26)
-                header, body = framing.decode_request(_recv_exactly(conn, size))
+                header, body = framing.decode_request(recv_exactly(conn, size))
                 self.requests.append((header, body))
                 response = self.handler(header, body)
                 if response is None or response is HOLD:
@@ -67,12 +68,3 @@ class FakeBroker:
         self.drop_connections()
 
 
-def _recv_exactly(conn: socket.socket, n: int) -> bytes:
-    chunks = []
-    while n:
-        chunk = conn.recv(n)
-        if not chunk:
-            raise ConnectionError("closed")
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)

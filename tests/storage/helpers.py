@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from typing import Callable
 
 from storage.batch import encode_batch
 
@@ -13,16 +11,3 @@ def make_batch(record_count: int = 1, timestamp_ms: int = 1_000, value_bytes: in
     """A msgpack batch of ``record_count`` records, all stamped ``timestamp_ms``."""
     value = tag.to_bytes(8, "big") + b"v" * max(0, value_bytes - 8)
     return encode_batch([(timestamp_ms, None, value, None) for _ in range(record_count)])
-
-
-def wait_until(condition: Callable[[], object], timeout_s: float, interval_s: float = 0.01,
-               message: str = "condition") -> object:
-    """Poll ``condition`` until it is truthy or the deadline passes."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
-        time.sleep(interval_s)

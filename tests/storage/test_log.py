@@ -15,7 +15,8 @@ from storage.log import (
     PartitionDeletedError,
     StorageError,
 )
-from tests.storage.helpers import make_batch, wait_until
+from cluster.launcher import wait_until
+from tests.storage.helpers import make_batch
 
 pytestmark = pytest.mark.timeout(60)
 
