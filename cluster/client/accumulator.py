@@ -47,8 +47,8 @@ from cluster.client import errors
 from cluster.client.futures import ProducerBatch, RecordFuture
 from cluster.client.partitioner import StickyPartitions, positive_murmur2
 
-# Estimated msgpack bytes per record beyond key and value: array header, offset delta,
-# timestamp delta, two bin headers, nil headers. Generous, so a batch never outgrows
+# Estimated msgpack bytes per record beyond key and value: array header, timestamp,
+# two bin headers, nil headers. Generous, so a batch never outgrows
 # the estimate.
 RECORD_OVERHEAD_BYTES = 24
 HEADER_OVERHEAD_BYTES = 8
