@@ -15,6 +15,7 @@ from the beginning. Each run returns a dict of figures that ``bench.report`` pri
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import struct
@@ -107,24 +108,23 @@ def _create_topic(bootstrap: str, topic: str, partitions: int, replication_facto
 
 def _produce(bootstrap: str, topic: str, records: int, record_size: int, acks: int | str,
              producer_options: dict[str, Any], progress: bool) -> dict[str, Any]:
-    values = _value_pool(record_size)
-    pool = len(values)
-    errors: list[BaseException] = []
+    values = itertools.cycle(_value_pool(record_size))
+    errors: list[BaseException | None] = []
     with Producer(bootstrap_servers=bootstrap, acks=acks, **producer_options) as producer:
         bar = tqdm(total=records, unit="rec", unit_scale=True, disable=not progress, desc="produce")
         started = time.perf_counter()
         send = producer.send
-        last = None
-        for i in range(records):
-            last = send(topic, values[i % pool])
-            if i % PROGRESS_EVERY_RECORDS == 0 and i:
-                bar.update(PROGRESS_EVERY_RECORDS)
+        samples = []  # the last future of every chunk: a failed batch shows up here
+        for chunk_start in range(0, records, PROGRESS_EVERY_RECORDS):
+            chunk = min(PROGRESS_EVERY_RECORDS, records - chunk_start)
+            for value in itertools.islice(values, chunk):  # the loop body is all that is timed per record
+                last = send(topic, value)
+            samples.append(last)
+            bar.update(chunk)
         producer.flush()
         elapsed = time.perf_counter() - started
-        bar.update(records - bar.n)
         bar.close()
-        if last is not None and last.exception() is not None:
-            errors.append(last.exception())
+        errors.extend(f.exception() for f in samples if f.exception() is not None)
     if errors:
         raise RuntimeError(f"produce failed: {errors[0]}")
     return {
