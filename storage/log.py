@@ -495,7 +495,8 @@ class LogStore:
         raw_epochs = txn.get(prefix + _EPOCHS_SUFFIX, db=self._state_db)
         epochs = () if raw_epochs is None else tuple(
             (e, s) for e, s in msgpack.unpackb(raw_epochs))
-        state = _State(*_STATE.unpack(raw), epochs)
+        log_start_offset, log_end_offset, high_watermark, size_bytes = _STATE.unpack(raw)
+        state = _State(log_start_offset, log_end_offset, high_watermark, size_bytes, epochs)
         _check_state(state)
         return state
 
@@ -648,13 +649,16 @@ class LogStore:
             if type(op) is _Append:
                 return self._apply_append(op, txn, draft, now_ms)
             if type(op) is _Truncate:
-                return self._apply_truncate(op.log, op.offset, cursor, draft)
+                self._apply_truncate(op.log, op.offset, cursor, draft)
+                return None
             if type(op) is _DeletePrefix:
-                return self._apply_delete_prefix(op.log, op.offset, cursor, draft)
+                self._apply_delete_prefix(op.log, op.offset, cursor, draft)
+                return None
             if type(op) is _OpenPartition:
                 return self._apply_open_partition(op, txn, draft)
             if type(op) is _DeletePartition:
-                return self._apply_delete_partition(op.log, txn, cursor, draft)
+                self._apply_delete_partition(op.log, txn, cursor, draft)
+                return None
             raise AssertionError(f"unknown op {op!r}")
         except _Rejected as rejected:
             return rejected
@@ -863,7 +867,7 @@ def _current(cursor: lmdb.Cursor, pid: int) -> tuple[int, memoryview] | None:
     key_pid, base = _BATCH_KEY.unpack(key)
     if key_pid != pid:
         return None
-    return base, cursor.value()
+    return base, memoryview(cursor.value())
 
 
 def _first_batch(cursor: lmdb.Cursor, pid: int) -> tuple[int, memoryview] | None:

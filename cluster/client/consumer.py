@@ -134,7 +134,7 @@ class Consumer:
         if metadata.version == self._metadata_version_assigned:
             return
         self._metadata_version_assigned = metadata.version
-        tps = []
+        tps: list[TopicPartition] = []
         for topic in subs.subscribed:
             description = metadata.topic(topic)
             if description is not None:

@@ -190,9 +190,9 @@ class Fetcher:
         with self._lock:
             self._in_flight_nodes.discard(node)
             self._in_flight_tps.difference_update(tp for tp, _, _ in parts)
-            body = future.value if future.error is None else None
+            body: dict[str, Any] = future.value if future.error is None else {}
             whole_error = future.error
-            if body is not None and body.get("error_code", 0) and "topics" not in body:
+            if body.get("error_code", 0) and "topics" not in body:
                 whole_error = errors.error_for_code(body["error_code"], body.get("error_message"))
             results: dict[tuple[str, int], dict] = {}
             if whole_error is None:

@@ -180,6 +180,7 @@ class Sender:
             whole_error = body.get("error_code", 0)
             for batch in batches:
                 p = results.get((batch.topic, batch.partition))
+                error: BaseException
                 if p is None:
                     code = whole_error or errors.UNKNOWN_SERVER_ERROR
                     error = errors.error_for_code(code, body.get("error_message") or "no result for the partition")

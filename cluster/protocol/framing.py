@@ -54,7 +54,7 @@ def encode_response(correlation_id: int, body: dict) -> bytes:
     return _frame([correlation_id, body])
 
 
-def decode_request(payload: bytes) -> tuple[RequestHeader, Any]:
+def decode_request(payload: bytes | bytearray | memoryview) -> tuple[RequestHeader, Any]:
     """Decode a request frame's payload (without the size prefix).
 
     Raises FrameError when even the header cannot be read. The body is returned as decoded;
@@ -74,7 +74,7 @@ def decode_request(payload: bytes) -> tuple[RequestHeader, Any]:
     return RequestHeader(api_key, api_version, correlation_id, client_id), body
 
 
-def decode_response(payload: bytes) -> tuple[int, dict]:
+def decode_response(payload: bytes | bytearray | memoryview) -> tuple[int, dict]:
     try:
         value = msgpack.unpackb(payload, raw=False, strict_map_key=False)
     except Exception as exc:
