@@ -15,6 +15,9 @@ second ``delete`` of a name gets UNKNOWN_TOPIC_OR_PARTITION.
 
 Outcomes are Kafka error NAMES (``"TOPIC_ALREADY_EXISTS"``); the node maps them to codes.
 
+Only unfenced brokers receive replicas of new topics. Broker fencing, unfencing and
+leader elections are decided in ``kraft.lifecycle``.
+
 Placement example (``place_replicas([1, 2, 3], 4, 2, start_index=0)``)::
 
     partition 0: (1, 2)    first replica brokers[(start + p) % n]
@@ -31,6 +34,7 @@ from collections.abc import Mapping
 from typing import Callable, Sequence
 
 from kraft.image import MetadataImage
+from kraft.lifecycle import fence_brokers
 from kraft.records import (
     ConfigRecord,
     MetadataRecord,
@@ -91,8 +95,26 @@ def _collision_key(name: str) -> str:
     return name.replace(".", "_")
 
 
+def rack_alternated(broker_ids: Sequence[int], racks: Mapping[int, str | None]) -> list[int]:
+    """The brokers ordered so that neighbours sit in different racks where possible.
+
+    Racks in name order (brokers without a rack form one group, last), brokers in id order
+    within a rack; then one broker from each rack in turn. Example: racks a: [1, 4],
+    b: [2, 5], c: [3] give ``[1, 2, 3, 4, 5]``.
+    """
+    by_rack: dict[str | None, list[int]] = {}
+    for broker_id in sorted(broker_ids):
+        by_rack.setdefault(racks.get(broker_id), []).append(broker_id)
+    groups = [by_rack[r] for r in sorted(by_rack, key=lambda r: (r is None, r or ""))]
+    ordered: list[int] = []
+    for round_index in range(max((len(g) for g in groups), default=0)):
+        ordered.extend(g[round_index] for g in groups if round_index < len(g))
+    return ordered
+
+
 def place_replicas(
-    broker_ids: Sequence[int], num_partitions: int, replication_factor: int, start_index: int
+    broker_ids: Sequence[int], num_partitions: int, replication_factor: int, start_index: int,
+    racks: Mapping[int, str | None] | None = None,
 ) -> list[tuple[int, ...]]:
     """Assign ``replication_factor`` distinct brokers to each partition, first one leading.
 
@@ -100,19 +122,34 @@ def place_replicas(
     leads within one of ``num_partitions / n`` partitions. Followers sit at distances
     ``1 + (shift + j) % (n - 1)`` after the first replica, which are distinct and never zero;
     ``shift`` starts at ``start_index`` and steps once per full round of first replicas.
+
+    With ``racks`` (broker id -> rack), the brokers are first put in rack-alternated order
+    (``rack_alternated``), and followers are taken in the same distance order but skipping
+    a broker whose rack already holds a replica until every rack holds one, so a partition
+    spans ``min(replication_factor, number of racks)`` racks.
     """
     n = len(broker_ids)
     assert len(set(broker_ids)) == n, f"duplicate broker ids: {list(broker_ids)}"
     assert 1 <= replication_factor <= n, f"replication factor {replication_factor} with {n} brokers"
     assert num_partitions >= 0
+    if racks is not None:
+        broker_ids = rack_alternated(broker_ids, racks)
+        rack_count = len({racks.get(b) for b in broker_ids})
     placements: list[tuple[int, ...]] = []
     for partition in range(num_partitions):
         first = (start_index + partition) % n
         shift = start_index + partition // n
+        candidates = [broker_ids[(first + 1 + (shift + j) % (n - 1)) % n] for j in range(n - 1)]
         replicas = [broker_ids[first]]
-        for j in range(replication_factor - 1):
-            distance = 1 + (shift + j) % (n - 1)
-            replicas.append(broker_ids[(first + distance) % n])
+        if racks is None:
+            replicas.extend(candidates[: replication_factor - 1])
+        else:
+            used_racks = {racks.get(replicas[0])}
+            while len(replicas) < replication_factor:
+                fresh = [b for b in candidates if b not in replicas
+                         and (len(used_racks) == rack_count or racks.get(b) not in used_racks)]
+                replicas.append(fresh[0])
+                used_racks.add(racks.get(fresh[0]))
         placements.append(tuple(replicas))
     return placements
 
@@ -135,6 +172,10 @@ def create_topics(
     records: list[MetadataRecord] = []
     results: list[ItemResult] = []
     unfenced = sorted(b.broker_id for b in image.brokers.values() if not b.fenced)
+    # Rack-aware placement only when some broker says where it is.
+    racks: dict[int, str | None] | None = {b: image.brokers[b].rack for b in unfenced}
+    if racks is not None and all(rack is None for rack in racks.values()):
+        racks = None
     taken_names = set(image.topics_by_name)
     taken_keys = {_collision_key(name): name for name in taken_names}
     next_start = start_index
@@ -186,7 +227,7 @@ def create_topics(
         for key in sorted(request.configs):
             records.append(ConfigRecord(topic_id=topic_id, name=key, value=request.configs[key]))
         placements = place_replicas(
-            unfenced, request.num_partitions, request.replication_factor, next_start
+            unfenced, request.num_partitions, request.replication_factor, next_start, racks
         )
         for partition, replicas in enumerate(placements):
             records.append(PartitionRecord(
@@ -223,12 +264,17 @@ def delete_topics(
 def register_broker(
     image: MetadataImage, broker_id: int, host: str, port: int, rack: str | None
 ) -> list[MetadataRecord]:
-    """The records that register this broker: none if the image already has exactly it."""
+    """The records that register this broker: none if the image already has exactly it.
+
+    A registration leaves the broker fenced (``kraft.lifecycle.unfence_broker`` unfences
+    it). An unfenced broker that registers with a new endpoint or rack is fenced first,
+    with its partitions' leadership moved, so no fenced broker is left leading.
+    """
     current = image.brokers.get(broker_id)
-    if (
-        current is not None
-        and not current.fenced
-        and (current.host, current.port, current.rack) == (host, port, rack)
-    ):
+    if current is not None and (current.host, current.port, current.rack) == (host, port, rack):
         return []
-    return [RegisterBrokerRecord(broker_id=broker_id, host=host, port=port, rack=rack)]
+    records: list[MetadataRecord] = []
+    if current is not None and not current.fenced:
+        records.extend(fence_brokers(image, [broker_id]))
+    records.append(RegisterBrokerRecord(broker_id=broker_id, host=host, port=port, rack=rack))
+    return records

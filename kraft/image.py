@@ -18,6 +18,18 @@ partition that breaks its own invariants or moves an epoch backwards) raises
 ``ValueError`` and the whole call has no effect; the controller never emits such records,
 so this means a bug or a damaged log.
 
+Brokers: a RegisterBrokerRecord (new, or an existing id with a new endpoint) leaves the
+broker FENCED; only an UnfenceBrokerRecord lets it lead or join an ISR, and a
+FenceBrokerRecord takes that back. Fence and unfence name a registered broker.
+
+Partitions: a PartitionRecord sets a partition's whole state (creation); a
+PartitionChangeRecord moves an existing one forward by exactly one partition epoch, and
+by one leader epoch exactly when the leader changes (Kafka's PartitionChangeRecord)::
+
+    (leader 2, isr (1, 2, 3), leader_epoch 4, partition_epoch 7)
+      -> PartitionChangeRecord(leader=3, isr=(1, 3), leader_epoch=5, partition_epoch=8)
+      -> PartitionChangeRecord(leader=3, isr=(1, 2, 3), leader_epoch=5, partition_epoch=9)
+
 ``offset`` counts the records applied since the empty image. Example::
 
     image = MetadataImage.EMPTY.apply([TopicRecord("id-1", "orders")])
@@ -34,11 +46,14 @@ from typing import ClassVar, Iterable, Mapping
 from kraft.records import (
     NO_LEADER,
     ConfigRecord,
+    FenceBrokerRecord,
     MetadataRecord,
+    PartitionChangeRecord,
     PartitionRecord,
     RegisterBrokerRecord,
     RemoveTopicRecord,
     TopicRecord,
+    UnfenceBrokerRecord,
 )
 
 
@@ -52,7 +67,7 @@ class BrokerImage:
     host: str
     port: int
     rack: str | None
-    fenced: bool = False
+    fenced: bool = False  # True from registration until the controller unfences it
 
 
 @dataclass(frozen=True)
@@ -151,18 +166,36 @@ class _Delta:
             self._working_topic(record.topic_id, record).set_config(record.name, record.value)
         elif isinstance(record, PartitionRecord):
             self._set_partition(record)
+        elif isinstance(record, PartitionChangeRecord):
+            self._change_partition(record)
+        elif isinstance(record, FenceBrokerRecord):
+            self._set_fenced(record, record.broker_id, True)
+        elif isinstance(record, UnfenceBrokerRecord):
+            self._set_fenced(record, record.broker_id, False)
         elif isinstance(record, RemoveTopicRecord):
             self._remove_topic(record)
         else:
             raise ValueError(f"not a metadata record: {type(record).__name__}")
         self.applied += 1
 
-    def _register_broker(self, record: RegisterBrokerRecord) -> None:
+    def _brokers(self) -> dict[int, BrokerImage]:
         if self.brokers is None:
             self.brokers = dict(self.base.brokers)
-        self.brokers[record.broker_id] = BrokerImage(
-            record.broker_id, record.host, record.port, record.rack, fenced=False
+        return self.brokers
+
+    def _register_broker(self, record: RegisterBrokerRecord) -> None:
+        self._brokers()[record.broker_id] = BrokerImage(
+            record.broker_id, record.host, record.port, record.rack, fenced=True
         )
+
+    def _set_fenced(self, record: MetadataRecord, broker_id: int, fenced: bool) -> None:
+        brokers = self._brokers()
+        broker = brokers.get(broker_id)
+        if broker is None:
+            raise ValueError(f"{record}: broker {broker_id} is not registered")
+        if broker.fenced != fenced:
+            brokers[broker_id] = BrokerImage(broker.broker_id, broker.host, broker.port,
+                                             broker.rack, fenced=fenced)
 
     def _topics(self) -> dict[str, TopicImage | _WorkingTopic]:
         if self.topics is None:
@@ -206,6 +239,28 @@ class _Delta:
             raise ValueError(f"{record}: epoch goes backwards from {previous}")
         topic.partitions[record.partition] = PartitionImage(
             record.partition, record.replicas, record.isr, record.leader,
+            record.leader_epoch, record.partition_epoch,
+        )
+
+    def _change_partition(self, record: PartitionChangeRecord) -> None:
+        topic = self._working_topic(record.topic_id, record)
+        previous = topic.partitions.get(record.partition)
+        if previous is None:
+            raise ValueError(f"{record}: unknown partition")
+        if record.partition_epoch != previous.partition_epoch + 1:
+            raise ValueError(f"{record}: partition epoch must follow {previous.partition_epoch}")
+        expected_leader_epoch = previous.leader_epoch + (record.leader != previous.leader)
+        if record.leader_epoch != expected_leader_epoch:
+            raise ValueError(f"{record}: leader epoch must be {expected_leader_epoch} "
+                             f"(leader {previous.leader} -> {record.leader})")
+        if not record.isr:
+            raise ValueError(f"{record}: empty isr")
+        if not set(record.isr) <= set(previous.replicas):
+            raise ValueError(f"{record}: isr is not a subset of replicas {previous.replicas}")
+        if record.leader != NO_LEADER and record.leader not in record.isr:
+            raise ValueError(f"{record}: leader is not in the isr")
+        topic.partitions[record.partition] = PartitionImage(
+            record.partition, previous.replicas, record.isr, record.leader,
             record.leader_epoch, record.partition_epoch,
         )
 

@@ -69,7 +69,11 @@ def _as_broker_tuple(record: Any, name: str) -> None:
 
 @dataclass(frozen=True)
 class RegisterBrokerRecord:
-    """A broker announces its id and its listener; re-registering replaces the old entry."""
+    """A broker announces its id and its listener; re-registering replaces the old entry.
+
+    A registered broker is fenced until an UnfenceBrokerRecord follows (Kafka KRaft: the
+    controller unfences a broker once its heartbeats show it is ready).
+    """
 
     TYPE: ClassVar[int] = 0
     VERSION: ClassVar[int] = 0
@@ -151,13 +155,67 @@ class RemoveTopicRecord:
         _check_str(self.topic_id, "topic_id")
 
 
+@dataclass(frozen=True)
+class PartitionChangeRecord:
+    """A partition's new leader, ISR and epochs; its replicas stay as they are.
+
+    It carries the partition's full new state rather than a diff, so applying it needs no
+    arithmetic, and the image checks that the epochs step by exactly one from the old state.
+    """
+
+    TYPE: ClassVar[int] = 5
+    VERSION: ClassVar[int] = 0
+    topic_id: str
+    partition: int
+    leader: int
+    isr: tuple[int, ...]
+    leader_epoch: int
+    partition_epoch: int
+
+    def __post_init__(self) -> None:
+        _check_str(self.topic_id, "topic_id")
+        _check_int(self.partition, "partition", 0)
+        _check_int(self.leader, "leader", NO_LEADER)
+        _as_broker_tuple(self, "isr")
+        _check_int(self.leader_epoch, "leader_epoch", 0)
+        _check_int(self.partition_epoch, "partition_epoch", 0)
+
+
+@dataclass(frozen=True)
+class UnfenceBrokerRecord:
+    """The controller lets a registered broker lead and join ISRs again."""
+
+    TYPE: ClassVar[int] = 16
+    VERSION: ClassVar[int] = 0
+    broker_id: int
+
+    def __post_init__(self) -> None:
+        _check_int(self.broker_id, "broker_id", 0)
+
+
+@dataclass(frozen=True)
+class FenceBrokerRecord:
+    """The controller stops trusting a broker (its heartbeats lapsed): it may not lead."""
+
+    TYPE: ClassVar[int] = 17
+    VERSION: ClassVar[int] = 0
+    broker_id: int
+
+    def __post_init__(self) -> None:
+        _check_int(self.broker_id, "broker_id", 0)
+
+
 MetadataRecord = Union[
-    RegisterBrokerRecord, TopicRecord, ConfigRecord, PartitionRecord, RemoveTopicRecord
+    RegisterBrokerRecord, TopicRecord, ConfigRecord, PartitionRecord, PartitionChangeRecord,
+    RemoveTopicRecord, UnfenceBrokerRecord, FenceBrokerRecord,
 ]
 
 RECORD_TYPES: dict[int, type] = {
     cls.TYPE: cls
-    for cls in (RegisterBrokerRecord, TopicRecord, ConfigRecord, PartitionRecord, RemoveTopicRecord)
+    for cls in (
+        RegisterBrokerRecord, TopicRecord, ConfigRecord, PartitionRecord, PartitionChangeRecord,
+        RemoveTopicRecord, UnfenceBrokerRecord, FenceBrokerRecord,
+    )
 }
 
 # msgpack gives sequences back as lists; these fields are tuples on the record.

@@ -78,6 +78,7 @@ UNSUPPORTED_COMPRESSION_TYPE = 76
 OFFSET_NOT_AVAILABLE = 78
 FENCED_INSTANCE_ID = 82
 INVALID_RECORD = 87
+INVALID_UPDATE_VERSION = 95
 UNKNOWN_TOPIC_ID = 100
 FENCED_MEMBER_EPOCH = 110
 STALE_MEMBER_EPOCH = 113
@@ -331,6 +332,11 @@ class FencedInstanceIdError(KafkaError):
 class InvalidRecordError(KafkaError):
     code = INVALID_RECORD
     name = "INVALID_RECORD"
+
+
+class InvalidUpdateVersionError(KafkaError):
+    code = INVALID_UPDATE_VERSION
+    name = "INVALID_UPDATE_VERSION"
 
 
 class UnknownTopicIdError(KafkaError):

@@ -16,22 +16,29 @@ from kraft.controller import (
     create_topics,
     delete_topics,
     place_replicas,
+    rack_alternated,
     register_broker,
     validate_topic_name,
 )
 from kraft.image import MetadataImage
+from kraft.lifecycle import unfence_broker
 from kraft.records import (
     ConfigRecord,
+    FenceBrokerRecord,
     PartitionRecord,
     RegisterBrokerRecord,
     RemoveTopicRecord,
     TopicRecord,
+    UnfenceBrokerRecord,
 )
 
 
-def cluster(*broker_ids: int) -> MetadataImage:
+def cluster(*broker_ids: int, racks: dict[int, str] | None = None) -> MetadataImage:
+    """Registered and unfenced brokers (a registration alone leaves a broker fenced)."""
+    racks = racks or {}
     return MetadataImage.EMPTY.apply(
-        [RegisterBrokerRecord(b, f"host{b}", 9000 + b, None) for b in broker_ids]
+        [RegisterBrokerRecord(b, f"host{b}", 9000 + b, racks.get(b)) for b in broker_ids]
+        + [UnfenceBrokerRecord(b) for b in broker_ids]
     )
 
 
@@ -264,8 +271,85 @@ def test_register_changed_broker(host, port, rack):
     assert register_broker(image, 1, host, port, rack) == [RegisterBrokerRecord(1, host, port, rack)]
 
 
-def test_register_fenced_broker_registers_again():
-    image = cluster(1)
-    fenced = MetadataImage(brokers={1: image.brokers[1].__class__(1, "host1", 9001, None, True)},
-                           topics_by_id={}, offset=1)
-    assert register_broker(fenced, 1, "host1", 9001, None) == [RegisterBrokerRecord(1, "host1", 9001, None)]
+def test_register_fenced_broker_with_same_endpoint_is_a_no_op():
+    image = cluster(1).apply([FenceBrokerRecord(1)])
+    assert register_broker(image, 1, "host1", 9001, None) == []
+
+
+def test_registration_leaves_the_broker_fenced_until_unfenced():
+    image = MetadataImage.EMPTY.apply(register_broker(MetadataImage.EMPTY, 1, "h", 9092, None))
+    assert image.brokers[1].fenced
+    assert error_of(image, CreateTopicRequest("t", 1, 1, {})) == "INVALID_REPLICATION_FACTOR"
+    image = image.apply(unfence_broker(image, 1))
+    assert not image.brokers[1].fenced
+    records, results = create(image, CreateTopicRequest("t", 1, 1, {}))
+    assert results[0].error is None and image.apply(records).topic("t") is not None
+
+
+def test_unfenced_broker_moving_endpoint_is_fenced_and_loses_leadership():
+    image = cluster(1, 2)
+    image = image.apply(create(image, CreateTopicRequest("t", 2, 2, {}))[0])
+    led_by_1 = [p for p in image.topic("t").partitions.values() if p.leader == 1]
+    assert led_by_1
+    records = register_broker(image, 1, "moved", 9001, None)
+    assert records[0] == FenceBrokerRecord(1)
+    assert records[-1] == RegisterBrokerRecord(1, "moved", 9001, None)
+    after = image.apply(records)
+    assert after.brokers[1].fenced and after.brokers[1].host == "moved"
+    for p in after.topic("t").partitions.values():
+        assert p.leader == 2 and p.isr == (2,)
+
+
+def test_fenced_broker_moving_endpoint_only_registers():
+    image = cluster(1).apply([FenceBrokerRecord(1)])
+    assert register_broker(image, 1, "moved", 1, "r") == [RegisterBrokerRecord(1, "moved", 1, "r")]
+
+
+# -- rack-aware placement ----------------------------------------------------------------
+
+def test_rack_alternated_example():
+    racks = {1: "a", 4: "a", 2: "b", 5: "b", 3: "c"}
+    assert rack_alternated([5, 4, 3, 2, 1], racks) == [1, 2, 3, 4, 5]
+    assert rack_alternated([1, 2, 3, 4], {1: "a", 2: "a", 3: "b", 4: None}) == [1, 3, 4, 2]
+
+
+def test_rack_aware_placement_spans_racks_where_plain_placement_does_not():
+    racks = {1: "a", 2: "a", 3: "b", 4: "b"}
+    plain = place_replicas([1, 2, 3, 4], 8, 2, 0)
+    assert any(racks[r[0]] == racks[r[1]] for r in plain)  # the plain order ignores racks
+    aware = place_replicas([1, 2, 3, 4], 8, 2, 0, racks)
+    assert all(racks[r[0]] != racks[r[1]] for r in aware)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.dictionaries(st.integers(0, 50), st.sampled_from(["a", "b", "c", None]), min_size=1, max_size=9),
+    st.integers(0, 40),
+    st.data(),
+)
+def test_rack_aware_placement_properties(racks, num_partitions, data):
+    brokers = sorted(racks)
+    replication_factor = data.draw(st.integers(1, len(brokers)))
+    start_index = data.draw(st.integers(0, 100))
+    placement = place_replicas(brokers, num_partitions, replication_factor, start_index, racks)
+    rack_count = len(set(racks.values()))
+    assert len(placement) == num_partitions
+    for replicas in placement:
+        assert len(set(replicas)) == replication_factor and set(replicas) <= set(brokers)
+        assert len({racks[b] for b in replicas}) == min(replication_factor, rack_count)
+    leaders = Counter(replicas[0] for replicas in placement)
+    for broker in brokers:
+        assert abs(leaders[broker] - num_partitions / len(brokers)) <= 1
+
+
+def test_create_places_across_racks_of_unfenced_brokers():
+    racks = {1: "a", 2: "a", 3: "b", 4: "b"}
+    image = cluster(1, 2, 3, 4, racks=racks)
+    records, _ = create(image, CreateTopicRequest("t", 8, 2, {}))
+    partitions = [r for r in records if isinstance(r, PartitionRecord)]
+    assert len(partitions) == 8
+    assert all(racks[p.replicas[0]] != racks[p.replicas[1]] for p in partitions)
+    # Fenced brokers get nothing, even when that leaves one rack.
+    image = image.apply([FenceBrokerRecord(3), FenceBrokerRecord(4)])
+    records, _ = create(image, CreateTopicRequest("u", 4, 2, {}))
+    assert {b for r in records if isinstance(r, PartitionRecord) for b in r.replicas} == {1, 2}

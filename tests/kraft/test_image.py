@@ -7,10 +7,13 @@ import pytest
 from kraft.image import BrokerImage, MetadataImage, PartitionImage
 from kraft.records import (
     ConfigRecord,
+    FenceBrokerRecord,
+    PartitionChangeRecord,
     PartitionRecord,
     RegisterBrokerRecord,
     RemoveTopicRecord,
     TopicRecord,
+    UnfenceBrokerRecord,
 )
 
 EMPTY = MetadataImage.EMPTY
@@ -54,9 +57,9 @@ def test_create_topic_with_config_and_partitions():
 
 def test_brokers_registered_and_replaced():
     image = orders_image()
-    assert image.brokers[2] == BrokerImage(2, "h2", 9093, "r2", fenced=False)
+    assert image.brokers[2] == BrokerImage(2, "h2", 9093, "r2", fenced=True)
     moved = image.apply([RegisterBrokerRecord(2, "h9", 1234, None)])
-    assert moved.brokers[2] == BrokerImage(2, "h9", 1234, None)
+    assert moved.brokers[2] == BrokerImage(2, "h9", 1234, None, fenced=True)
     assert image.brokers[2].host == "h2"
     assert moved.topics_by_id is image.topics_by_id  # untouched parts are shared
 
@@ -163,3 +166,64 @@ def test_apply_is_deterministic():
         partition("a", 0), RemoveTopicRecord("b"), ConfigRecord("a", "retention.ms", "1"),
     ]
     assert EMPTY.apply(records) == EMPTY.apply(records[:3]).apply(records[3:])
+
+
+# -- fencing and partition changes ------------------------------------------------------
+
+def change(index: int, leader: int, isr: tuple[int, ...], leader_epoch: int,
+           partition_epoch: int, topic_id: str = "id-orders") -> PartitionChangeRecord:
+    return PartitionChangeRecord(topic_id, index, leader, isr, leader_epoch, partition_epoch)
+
+
+def test_registration_fences_until_unfenced_and_fence_takes_it_back():
+    image = orders_image()
+    assert image.brokers[1].fenced and image.brokers[2].fenced
+    unfenced = image.apply([UnfenceBrokerRecord(1)])
+    assert not unfenced.brokers[1].fenced and unfenced.brokers[2].fenced
+    twice = unfenced.apply([UnfenceBrokerRecord(1)])  # harmless: counted, nothing changes
+    assert twice.brokers == unfenced.brokers and twice.offset == unfenced.offset + 1
+    fenced = unfenced.apply([FenceBrokerRecord(1)])
+    assert fenced.brokers[1] == BrokerImage(1, "h1", 9092, None, fenced=True)
+    assert not unfenced.brokers[1].fenced  # the old image is unchanged
+
+
+def test_reregistration_updates_endpoint_and_leaves_the_broker_fenced():
+    image = orders_image().apply([UnfenceBrokerRecord(2)])
+    again = image.apply([RegisterBrokerRecord(2, "h2b", 9999, "r9")])
+    assert again.brokers[2] == BrokerImage(2, "h2b", 9999, "r9", fenced=True)
+
+
+def test_partition_change_keeps_replicas_and_steps_epochs():
+    image = orders_image()
+    moved = image.apply([change(0, 2, (2,), 1, 1)])  # leader changed: both epochs step
+    assert moved.topic("orders").partitions[0] == PartitionImage(0, (1, 2), (2,), 2, 1, 1)
+    grown = moved.apply([change(0, 2, (2, 1), 1, 2)])  # same leader: leader epoch stays
+    assert grown.topic("orders").partitions[0] == PartitionImage(0, (1, 2), (2, 1), 2, 1, 2)
+    offline = grown.apply([change(0, -1, (2,), 2, 3)])
+    assert offline.topic("orders").partitions[0].leader == -1
+    assert offline.topic("orders").partitions[1] is image.topic("orders").partitions[1]
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        [FenceBrokerRecord(9)],  # not registered
+        [UnfenceBrokerRecord(9)],
+        [change(5, 1, (1,), 0, 1)],  # unknown partition
+        [change(0, 1, (1,), 0, 1, topic_id="missing")],  # unknown topic
+        [change(0, 1, (1, 2), 0, 0)],  # partition epoch does not step
+        [change(0, 1, (1, 2), 0, 2)],  # partition epoch skips
+        [change(0, 1, (1,), 1, 1)],  # leader unchanged but leader epoch bumped
+        [change(0, 2, (1, 2), 0, 1)],  # leader changed but leader epoch kept
+        [change(0, 2, (1, 2), 2, 1)],  # leader epoch skips
+        [change(0, 1, (1, 3), 0, 1)],  # isr outside replicas
+        [change(0, 2, (1,), 1, 1)],  # leader outside isr
+        [change(0, -1, (), 1, 1)],  # empty isr
+        [change(0, 2, (2,), 1, 1), change(0, 2, (2,), 1, 1)],  # replayed twice
+    ],
+)
+def test_lifecycle_records_that_do_not_fit_raise_and_change_nothing(records):
+    image = orders_image()
+    with pytest.raises(ValueError):
+        image.apply(records)
+    assert image == orders_image()

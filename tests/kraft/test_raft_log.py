@@ -212,6 +212,23 @@ def test_snapshot_round_trip_keeps_the_whole_image():
     assert decoded.image.topic("b").partitions[1].isr == (2,)
 
 
+def test_snapshot_keeps_fencing_and_partition_changes():
+    from kraft.lifecycle import fence_brokers, unfence_broker
+
+    image = MetadataImage.EMPTY.apply([
+        RegisterBrokerRecord(1, "h1", 1, "a"), RegisterBrokerRecord(2, "h2", 2, "b"),
+        RegisterBrokerRecord(3, "h3", 3, None), TopicRecord("id-t", "t"),
+        PartitionRecord("id-t", 0, (1, 2, 3), (1, 2, 3), 1, 0, 0),
+    ])
+    for broker_id in (1, 2):  # broker 3 stays fenced from its registration
+        image = image.apply(unfence_broker(image, broker_id))
+    image = image.apply(fence_brokers(image, [1]))
+    assert image.topic("t").partitions[0] == PartitionImage(0, (1, 2, 3), (2,), 2, 1, 1)  # 3 is fenced too
+    restored = image_from_plain(msgpack.unpackb(msgpack.packb(image_to_plain(image))))
+    assert restored == image
+    assert [restored.brokers[b].fenced for b in (1, 2, 3)] == [True, False, True]
+
+
 def test_snapshot_refuses_damage():
     data = encode_snapshot(Snapshot(_rich_image(), (b"a", 2, 1), (b"b", 1, 1), ()))
     flipped = bytearray(data)

@@ -9,11 +9,14 @@ from hypothesis import strategies as st
 
 from kraft.records import (
     ConfigRecord,
+    FenceBrokerRecord,
+    PartitionChangeRecord,
     PartitionRecord,
     RECORD_TYPES,
     RegisterBrokerRecord,
     RemoveTopicRecord,
     TopicRecord,
+    UnfenceBrokerRecord,
     decode_record,
     encode_record,
 )
@@ -30,6 +33,12 @@ SAMPLES = [
     PartitionRecord(topic_id="b5d3c0de", partition=0, replicas=(1,), isr=(),
                     leader=-1, leader_epoch=0, partition_epoch=0),
     RemoveTopicRecord(topic_id="b5d3c0de"),
+    PartitionChangeRecord(topic_id="b5d3c0de", partition=3, leader=1, isr=(1, 3),
+                          leader_epoch=5, partition_epoch=8),
+    PartitionChangeRecord(topic_id="b5d3c0de", partition=0, leader=-1, isr=(2,),
+                          leader_epoch=1, partition_epoch=1),
+    FenceBrokerRecord(broker_id=2),
+    UnfenceBrokerRecord(broker_id=0),
 ]
 
 
@@ -49,8 +58,15 @@ def test_every_record_type_is_sampled():
 def test_type_numbers_are_kafkas():
     assert {cls.__name__: t for t, cls in RECORD_TYPES.items()} == {
         "RegisterBrokerRecord": 0, "TopicRecord": 2, "PartitionRecord": 3,
-        "ConfigRecord": 4, "RemoveTopicRecord": 9,
+        "ConfigRecord": 4, "PartitionChangeRecord": 5, "RemoveTopicRecord": 9,
+        "UnfenceBrokerRecord": 16, "FenceBrokerRecord": 17,
     }
+
+
+def test_new_record_encodings_are_positional():
+    assert msgpack.unpackb(encode_record(SAMPLES[9])) == [5, 0, "b5d3c0de", 3, 1, [1, 3], 5, 8]
+    assert msgpack.unpackb(encode_record(FenceBrokerRecord(7))) == [17, 0, 7]
+    assert msgpack.unpackb(encode_record(UnfenceBrokerRecord(7))) == [16, 0, 7]
 
 
 def test_decoded_sequences_are_tuples_and_records_hashable():
@@ -85,6 +101,15 @@ def test_lists_given_in_code_become_tuples():
         ([3, 0, "id", 0, "12", [1], 1, 0, 0], "replicas not a list"),
         ([3, 0, "id", 0, [1], [1], 1, -1, 0], "negative leader epoch"),
         ([4, 0, "id", "k", 5], "config value not a string"),
+        ([5, 0, "id", 0, -2, [1], 0, 1], "change leader below -1"),
+        ([5, 0, "id", 0, 1, [1, 1], 0, 1], "change isr duplicate"),
+        ([5, 0, "id", 0, 1, [1], -1, 1], "change negative leader epoch"),
+        ([5, 0, "id", 0, 1, [1], 0], "change too few fields"),
+        ([5, 1, "id", 0, 1, [1], 0, 1], "change unknown version"),
+        ([17, 0, -1], "fence negative broker"),
+        ([17, 0, True], "fence bool broker"),
+        ([16, 0, "1"], "unfence broker not an int"),
+        ([16, 0, 1, 2], "unfence too many fields"),
         ({"type": 2}, "a map"),
         ([2], "no version"),
         ("TopicRecord", "a string"),
@@ -142,6 +167,15 @@ broker_ids = st.integers(0, 2**31 - 1)
         st.builds(TopicRecord, names, names),
         st.builds(ConfigRecord, names, names, st.none() | st.text(max_size=20)),
         st.builds(RemoveTopicRecord, names),
+        st.builds(FenceBrokerRecord, broker_ids),
+        st.builds(UnfenceBrokerRecord, broker_ids),
+        st.builds(
+            lambda t, p, isr, leader_epoch, partition_epoch: PartitionChangeRecord(
+                t, p, isr[0], isr, leader_epoch, partition_epoch),
+            names, st.integers(0, 10_000),
+            st.lists(broker_ids, min_size=1, max_size=5, unique=True).map(tuple),
+            st.integers(0, 2**31 - 1), st.integers(0, 2**31 - 1),
+        ),
         st.builds(
             lambda t, p, replicas, leader_epoch, partition_epoch: PartitionRecord(
                 t, p, replicas, replicas[:1], replicas[0], leader_epoch, partition_epoch),
