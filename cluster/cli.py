@@ -1,6 +1,7 @@
 """The ``kraft`` command: a node, and client tools in the shape of Kafka's.
 
     kraft node [--config node.toml]
+    kraft dev-cluster [--nodes 3] [--data-dir DIR]
     kraft topics create NAME --partitions N [--replication-factor R] [--config k=v ...]
     kraft topics list | describe [NAME] | delete NAME
     kraft produce TOPIC [--key-separator SEP] [--acks all|1|0]
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from pathlib import Path
 from typing import Sequence
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -130,6 +132,13 @@ def _cmd_node(args: argparse.Namespace) -> int:
     return node.main(argv)
 
 
+def _cmd_dev_cluster(args: argparse.Namespace) -> int:
+    from cluster import devcluster
+
+    return devcluster.run(args.nodes, args.data_dir or devcluster.default_directory(), args.base_port,
+                          args.controller_base_port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kraft", description="A partitioned, replicated, durable log.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -137,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     node_p = sub.add_parser("node", help="run a node (no arguments: a single node on 127.0.0.1:9092)")
     node_p.add_argument("--config", help="the node's TOML config file")
     node_p.set_defaults(func=_cmd_node)
+
+    dev = sub.add_parser("dev-cluster", help="run a local cluster of N node processes until Ctrl-C")
+    dev.add_argument("--nodes", type=int, default=3)
+    dev.add_argument("--data-dir", type=Path, help="where the nodes keep their data (default ./kraft-dev-cluster)")
+    dev.add_argument("--base-port", type=int, default=9092, help="client port of node 1; node i uses base + i - 1")
+    dev.add_argument("--controller-base-port", type=int, default=19092, help="Raft port of node 1")
+    dev.set_defaults(func=_cmd_dev_cluster)
 
     def client_parser(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
@@ -180,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command != "node":
+    if args.command not in ("node", "dev-cluster"):
         # a closed pipe (kraft consume | head) ends the command quietly
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     from cluster.protocol.errors import KraftError

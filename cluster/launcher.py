@@ -89,10 +89,10 @@ def api_versions_ok(host: str, port: int) -> bool:
 class NodeProcess:
     """One node process with its own config file, data dir and log file."""
 
-    def __init__(self, directory: Path, config: dict[str, Any] | None = None) -> None:
+    def __init__(self, directory: Path, config: dict[str, Any] | None = None, port: int | None = None) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.config: dict[str, Any] = {
             "node_id": 1,
             "listeners": f"127.0.0.1:{self.port}",
@@ -118,7 +118,7 @@ class NodeProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "cluster.node", "--config", str(self.config_path)],
-                stdout=log, stderr=subprocess.STDOUT, cwd=str(self.directory),
+                stdout=log, stderr=subprocess.STDOUT, cwd=str(self.directory), start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         if wait:

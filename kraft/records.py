@@ -210,7 +210,7 @@ MetadataRecord = Union[
     RemoveTopicRecord, UnfenceBrokerRecord, FenceBrokerRecord,
 ]
 
-RECORD_TYPES: dict[int, type] = {
+RECORD_TYPES: dict[int, type[MetadataRecord]] = {
     cls.TYPE: cls
     for cls in (
         RegisterBrokerRecord, TopicRecord, ConfigRecord, PartitionRecord, PartitionChangeRecord,
