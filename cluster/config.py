@@ -18,6 +18,13 @@ what was wrong, e.g.::
 
     node.toml line 3: message_max_bytes must be a positive integer, got "abc"
 
+Keys that only make sense together are checked after each key on its own: with
+``controller_quorum_voters`` set (a multi-node cluster), the voters must include
+``node_id``, ``controller_listener`` must be given and use this voter's port, and exactly
+one of ``cluster_password`` / ``cluster_password_file`` must be set. A password file is
+read here (its contents stripped), so a missing or empty file is reported like a bad
+value, with its key's line; ``cluster_password`` then holds what the file said.
+
 Nothing here opens sockets or data directories: the node does that with the result.
 """
 
@@ -64,10 +71,29 @@ class NodeConfig:
     request_in_flight_per_connection_max: int = 64
     log_level: str = "INFO"
     fetch_max_wait_ms_max: int = 30000
-    # Reserved for the multi-node cluster: accepted and validated now, used later.
+    # The multi-node cluster (unset: the embedded single-node metadata log).
     controller_listener: str | None = None
     controller_quorum_voters: tuple[str, ...] = field(default_factory=tuple)
     cluster_password: str | None = None
+    cluster_password_file: str | None = None
+    # Broker lifecycle: a broker silent for broker_session_timeout_ms is fenced. With the
+    # Raft timings of kraft.raft_log (a new Raft leader within ~0.6 s), these defaults put
+    # a dead partition leader's replacement in the metadata within ~2 s.
+    broker_heartbeat_interval_ms: int = 250
+    broker_session_timeout_ms: int = 1500
+    auto_leader_rebalance_enable: bool = True
+    leader_imbalance_check_interval_ms: int = 5000
+
+    @property
+    def is_multi_node(self) -> bool:
+        """True when the metadata lives in a Raft group of ``controller_quorum_voters``."""
+        return bool(self.controller_quorum_voters)
+
+    @property
+    def voters(self) -> dict[int, str]:
+        """``controller_quorum_voters`` as {voter id: "host:port"}."""
+        return {int(voter_id): address for voter_id, _, address in
+                (voter.partition("@") for voter in self.controller_quorum_voters)}
 
     @property
     def listener_host(self) -> str:
@@ -238,6 +264,11 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Callable[[str], Any]]] = {
     "controller_listener": (_optional(_host_port), _env_optional_str),
     "controller_quorum_voters": (_quorum_voters, _env_list),
     "cluster_password": (_optional(_non_empty_string), _env_optional_str),
+    "cluster_password_file": (_optional(_non_empty_string), _env_optional_str),
+    "broker_heartbeat_interval_ms": (_positive, _env_int),
+    "broker_session_timeout_ms": (_positive, _env_int),
+    "auto_leader_rebalance_enable": (_boolean, _env_bool),
+    "leader_imbalance_check_interval_ms": (_positive, _env_int),
 }
 assert set(_KEYS) == {f.name for f in dataclasses.fields(NodeConfig)}
 
@@ -290,4 +321,58 @@ def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str
             f"{where('lmdb_map_size_max_bytes')}: lmdb_map_size_max_bytes must be >= "
             f"lmdb_map_size_bytes ({config.lmdb_map_size_bytes}), got {config.lmdb_map_size_max_bytes}"
         )
+    if config.broker_session_timeout_ms <= config.broker_heartbeat_interval_ms:
+        raise ConfigError(
+            f"{where('broker_session_timeout_ms')}: broker_session_timeout_ms must be greater than "
+            f"broker_heartbeat_interval_ms ({config.broker_heartbeat_interval_ms}), "
+            f"got {config.broker_session_timeout_ms}"
+        )
+    return _check_cluster(config, where)
+
+
+def _check_cluster(config: NodeConfig, where: Callable[[str], str]) -> NodeConfig:
+    """The cross-key rules of a multi-node config; reads the password file."""
+    if not config.is_multi_node:
+        return config
+    voters = config.voters
+    if config.node_id not in voters:
+        raise ConfigError(
+            f"{where('controller_quorum_voters')}: controller_quorum_voters must include node_id "
+            f"{config.node_id}, got voters {sorted(voters)}"
+        )
+    if config.controller_listener is None:
+        raise ConfigError(
+            f"{where('controller_quorum_voters')}: controller_listener must be set when "
+            "controller_quorum_voters is set (this node is a voter)"
+        )
+    own_port = split_host_port(voters[config.node_id])[1]
+    if split_host_port(config.controller_listener)[1] != own_port:
+        raise ConfigError(
+            f"{where('controller_listener')}: controller_listener must use this voter's port {own_port} "
+            f"(from controller_quorum_voters), got {_show(config.controller_listener)}"
+        )
+    if config.controller_listener == config.listeners:
+        raise ConfigError(
+            f"{where('controller_listener')}: controller_listener must differ from listeners, "
+            f"got {_show(config.controller_listener)} for both"
+        )
+    if (config.cluster_password is None) == (config.cluster_password_file is None):
+        raise ConfigError(
+            f"{where('controller_quorum_voters')}: exactly one of cluster_password and "
+            "cluster_password_file must be set when controller_quorum_voters is set"
+        )
+    if config.cluster_password_file is not None:
+        try:
+            password = Path(config.cluster_password_file).read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(
+                f"{where('cluster_password_file')}: cluster_password_file cannot be read: {reason}"
+            ) from None
+        if not password:
+            raise ConfigError(
+                f"{where('cluster_password_file')}: cluster_password_file must hold a non-empty password, "
+                f"got an empty file {_show(config.cluster_password_file)}"
+            )
+        config = dataclasses.replace(config, cluster_password=password)
     return config

@@ -11,11 +11,20 @@ escaping a handler is turned into ``{"error_code", "error_message"}`` by the ser
 
 State lives elsewhere, and flows like this:
 
-    metadata (kraft image, durable MetadataLog) --> which topics/partitions exist, leaders,
-        epochs, configs; CreateTopics/DeleteTopics decide with kraft.controller and append
-        records under ``_metadata_lock``, then reconcile the LogStore (PartitionManager)
+    metadata (kraft image, durable MetadataLog) --> which brokers and topics exist, where
+        partitions are, leaders, epochs, configs; read per request, never cached
+    ControllerService --> every metadata write: CreateTopics/DeleteTopics decide with
+        kraft.controller and append through ``ControllerService.commit``, then reconcile the
+        LogStore (PartitionManager); BrokerRegistration / BrokerHeartbeat go to it too
     PartitionManager --> the PartitionLog of each (topic id, partition) held here, appends,
         high watermarks, long-poll wake-ups
+
+In a multi-node cluster only the active controller decides. CreateTopics / DeleteTopics
+reaching another node are forwarded to it (``_forward``, over ``cluster.peer``) and its
+answer is relayed once this node's own image shows the outcome, so a client may create a
+topic through one node and use it through the same node at once. Produce, Fetch and
+ListOffsets are served only by a partition's leader (the image's ``leader``):
+NOT_LEADER_OR_FOLLOWER elsewhere, LEADER_NOT_AVAILABLE while it has none (-1).
 
 The produce path (``produce`` -> ``_prepare_partition`` -> ``PartitionManager.append``)
 reads only the batch headers: split by length fields, size check against the topic's
@@ -32,7 +41,9 @@ import uuid
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from cluster.config import NodeConfig
+from cluster.controller_service import ControllerService
 from cluster.partitions import PartitionKey, PartitionManager
+from cluster.peer import PeerClient, PeerError
 from cluster.protocol import errors
 from cluster.protocol.api import (
     ACKS_ALL,
@@ -41,15 +52,18 @@ from cluster.protocol.api import (
     CONSUMER_REPLICA_ID,
     EARLIEST_TIMESTAMP,
     LATEST_TIMESTAMP,
+    NO_CONTROLLER_ID,
     RESOURCE_TYPE_TOPIC,
     SUPPORTED_VERSIONS,
     ApiKey,
 )
 from cluster.protocol.framing import RequestHeader
-from kraft import controller
+from kraft import controller, lifecycle
 from kraft.image import MetadataImage, TopicImage
+from kraft.local_log import MetadataLogError
 from kraft.quorum import MetadataLog
-from kraft.records import MetadataRecord
+from kraft.raft_log import NotControllerError
+from kraft.records import NO_LEADER
 from kraft.topic_config import TOPIC_CONFIG_DEFAULTS, TopicConfig, effective_topic_config
 from storage import batch as batch_codec
 from storage.log import OffsetOutOfRangeError, PartitionDeletedError, PartitionLog, StorageError
@@ -62,6 +76,9 @@ NO_TIMESTAMP = -1
 NO_LEADER_EPOCH = -1
 NO_TIMESTAMP_TYPE_APPEND = -1  # log_append_time_ms when the topic uses CreateTime
 TOPIC_CONFIG_CACHE_MAX = 10000  # effective topic configs kept; the cache is rebuilt past this
+FORWARD_TIMEOUT_MS_MAX = 30000  # a forwarded CreateTopics / DeleteTopics waits at most this
+FORWARD_TIMEOUT_MS_MIN = 1000
+IMAGE_CATCH_UP_MS_MAX = 5000  # after the controller answered, wait this long for our image
 
 Body = dict[str, Any]
 
@@ -109,15 +126,17 @@ class RequestHandlers:
     """Every API of the native protocol, served from the metadata image and the LogStore."""
 
     def __init__(
-        self, config: NodeConfig, cluster_id: str, metadata: MetadataLog, partitions: PartitionManager
+        self, config: NodeConfig, cluster_id: str, metadata: MetadataLog, partitions: PartitionManager,
+        controller_service: ControllerService | None = None, peers: PeerClient | None = None,
     ) -> None:
         self.config = config
         self.node_id = config.node_id
         self.cluster_id = cluster_id
         self.metadata = metadata
         self.partitions = partitions
+        self.controller = controller_service or ControllerService(config, cluster_id, metadata)
+        self.peers = peers or PeerClient(config.node_id)
         self.topic_defaults = config.topic_config_defaults()
-        self._metadata_lock = asyncio.Lock()
         self._topic_configs: dict[str, tuple[Mapping[str, str], TopicConfig]] = {}
         self._routes: dict[int, Callable[[Any], Awaitable[Body | None]]] = {
             ApiKey.API_VERSIONS: self.api_versions,
@@ -128,6 +147,9 @@ class RequestHandlers:
             ApiKey.PRODUCE: self.produce,
             ApiKey.FETCH: self.fetch,
             ApiKey.LIST_OFFSETS: self.list_offsets,
+            ApiKey.DESCRIBE_CLUSTER: self.describe_cluster,
+            ApiKey.BROKER_REGISTRATION: self.broker_registration,
+            ApiKey.BROKER_HEARTBEAT: self.broker_heartbeat,
         }
 
     async def handle(self, header: RequestHeader, body: Any) -> Body | None:
@@ -145,23 +167,28 @@ class RequestHandlers:
     # -- start-up ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Register this node in the metadata and make the LogStore match the image."""
-        host, port = self.config.advertised_host_port
-        async with self._metadata_lock:
-            records = controller.register_broker(self.metadata.image, self.node_id, host, port, self.config.rack)
-            if records:
-                await asyncio.to_thread(self.metadata.append, records)
-                logger.info("node %d registered as %s:%d", self.node_id, host, port)
-            await self.partitions.reconcile(self.metadata.image)
+        """Make the LogStore match the image; a single node also registers and unfences itself.
 
-    async def _commit_metadata(self, records: Sequence[MetadataRecord]) -> MetadataImage:
-        """Append records durably (off the event loop: it fsyncs), then reconcile. Caller holds the lock."""
-        if records:
-            image = await asyncio.to_thread(self.metadata.append, records)
-        else:
-            image = self.metadata.image
+        In a multi-node cluster the node registers with the active controller over the
+        wire once the quorum is up (``cluster.node``), not here.
+        """
+        if self.config.is_multi_node:
+            await self.partitions.reconcile(self.metadata.image)
+            return
+        host, port = self.config.advertised_host_port
+        node_id, rack = self.node_id, self.config.rack
+
+        def register_and_unfence(image: MetadataImage) -> tuple[list, None]:
+            records = list(controller.register_broker(image, node_id, host, port, rack))
+            if records:
+                records += lifecycle.unfence_broker(image.apply(records), node_id)
+            elif image.brokers[node_id].fenced:
+                records = list(lifecycle.unfence_broker(image, node_id))
+            return records, None
+
+        image, _ = await self.controller.commit(register_and_unfence)
+        logger.info("node %d registered as %s:%d", self.node_id, host, port)
         await self.partitions.reconcile(image)
-        return image
 
     def _topic_config(self, topic: TopicImage) -> TopicConfig:
         """The topic's effective config, cached per topic id until its configs change."""
@@ -216,7 +243,12 @@ class RequestHandlers:
                 if controller.validate_topic_name(name) is not None:
                     code = errors.INVALID_TOPIC_EXCEPTION
                 entries.append({"error_code": code, "name": name, "is_internal": False, "partitions": []})
-        return {"cluster_id": self.cluster_id, "controller_id": self.node_id, "brokers": brokers, "topics": entries}
+        return {"cluster_id": self.cluster_id, "controller_id": self._controller_id(), "brokers": brokers,
+                "topics": entries}
+
+    def _controller_id(self) -> int:
+        controller_id = self.controller.controller_id()
+        return NO_CONTROLLER_ID if controller_id is None else controller_id
 
     def _topic_metadata(self, image: MetadataImage, topic: TopicImage) -> Body:
         live = {b.broker_id for b in image.brokers.values() if not b.fenced}
@@ -235,28 +267,26 @@ class RequestHandlers:
         return {"error_code": errors.NONE, "name": topic.name, "is_internal": False, "partitions": partitions}
 
     async def _auto_create(self, names: Sequence[str]) -> MetadataImage:
-        requests = [
-            controller.CreateTopicRequest(n, self.config.num_partitions, self.config.default_replication_factor, {})
-            for n in names
-            if controller.validate_topic_name(n) is None
-        ]
-        async with self._metadata_lock:
-            image = self.metadata.image
-            requests = [r for r in requests if image.topic(r.name) is None]
-            if not requests:
-                return image
-            records, results = controller.create_topics(
-                image, requests, new_topic_id=lambda: uuid.uuid4().hex, start_index=len(image.topics_by_id)
-            )
-            for result in results:
-                if result.error is None:
-                    logger.info("node %d auto-created topic %s", self.node_id, result.name)
-            return await self._commit_metadata(records)
+        valid = [n for n in names if controller.validate_topic_name(n) is None]
+        if not valid:
+            return self.metadata.image
+        body = {
+            "topics": [{"name": n, "num_partitions": self.config.num_partitions,
+                        "replication_factor": self.config.default_replication_factor, "configs": {}} for n in valid],
+            "timeout_ms": FORWARD_TIMEOUT_MS_MIN * 5, "validate_only": False,
+        }
+        response = await self.create_topics(body)
+        for item in response["topics"]:
+            if item["error_code"] == errors.NONE:
+                logger.info("node %d auto-created topic %s", self.node_id, item["name"])
+        return self.metadata.image
 
     # -- CreateTopics / DeleteTopics --------------------------------------------------------
 
     async def create_topics(self, body: Any) -> Body:
         validate_only = _field(body, "validate_only", bool, default=False)
+        forwarded_by = _field(body, "forwarded_by", int, default=None, nullable=True)
+        timeout_ms = _field(body, "timeout_ms", int, default=FORWARD_TIMEOUT_MS_MAX)
         requests = []
         for item in _field(body, "topics", list):
             name = _field(item, "name", str)
@@ -270,13 +300,33 @@ class RequestHandlers:
             if replication_factor == -1:
                 replication_factor = self.config.default_replication_factor
             requests.append(controller.CreateTopicRequest(name, num_partitions, replication_factor, dict(configs)))
-        async with self._metadata_lock:
-            image = self.metadata.image
+
+        def failed(code: int, message: str) -> Body:
+            return {"topics": [{"name": r.name, "error_code": code, "error_message": message,
+                                "num_partitions": -1, "replication_factor": -1} for r in requests]}
+
+        def decide(image: MetadataImage) -> tuple[list, list[controller.ItemResult]]:
             records, results = controller.create_topics(
                 image, requests, new_topic_id=lambda: uuid.uuid4().hex, start_index=len(image.topics_by_id)
             )
+            return records, results
+
+        try:
+            if not self.controller.is_active():
+                raise NotControllerError(f"node {self.node_id} is not the active controller", None)
+            image, results = await self.controller.commit(decide, dry_run=validate_only)
+        except NotControllerError as exc:
+            forwarded = await self._forward(ApiKey.CREATE_TOPICS, body, forwarded_by, timeout_ms)
+            if forwarded is None:
+                return failed(errors.NOT_CONTROLLER, str(exc))
             if not validate_only:
-                await self._commit_metadata(records)
+                created = [t["name"] for t in forwarded.get("topics", ()) if t.get("error_code") == errors.NONE]
+                await self._catch_up(lambda: all(self.metadata.image.topic(n) is not None for n in created))
+            return forwarded
+        except MetadataLogError as exc:
+            return failed(errors.REQUEST_TIMED_OUT, f"the metadata change may or may not have happened: {exc}")
+        if not validate_only:
+            await self.partitions.reconcile(image)
         responses = []
         for request, result in zip(requests, results):
             ok = result.error is None
@@ -295,9 +345,28 @@ class RequestHandlers:
 
     async def delete_topics(self, body: Any) -> Body:
         names = _strings(_field(body, "topic_names", list), "topic_names")
-        async with self._metadata_lock:
-            records, results = controller.delete_topics(self.metadata.image, names)
-            await self._commit_metadata(records)
+        forwarded_by = _field(body, "forwarded_by", int, default=None, nullable=True)
+        timeout_ms = _field(body, "timeout_ms", int, default=FORWARD_TIMEOUT_MS_MAX)
+
+        def failed(code: int, message: str) -> Body:
+            return {"responses": [{"name": n, "error_code": code, "error_message": message} for n in names]}
+
+        try:
+            if not self.controller.is_active():
+                raise NotControllerError(f"node {self.node_id} is not the active controller", None)
+            image, results = await self.controller.commit(lambda image: controller.delete_topics(image, names))
+        except NotControllerError as exc:
+            old_ids = {n: t.topic_id for n in names if (t := self.metadata.image.topic(n)) is not None}
+            forwarded = await self._forward(ApiKey.DELETE_TOPICS, body, forwarded_by, timeout_ms)
+            if forwarded is None:
+                return failed(errors.NOT_CONTROLLER, str(exc))
+            deleted = [old_ids[r["name"]] for r in forwarded.get("responses", ())
+                       if r.get("error_code") == errors.NONE and r.get("name") in old_ids]
+            await self._catch_up(lambda: not any(i in self.metadata.image.topics_by_id for i in deleted))
+            return forwarded
+        except MetadataLogError as exc:
+            return failed(errors.REQUEST_TIMED_OUT, f"the metadata change may or may not have happened: {exc}")
+        await self.partitions.reconcile(image)
         for result in results:
             if result.error is None:
                 logger.info("node %d deleted topic %s", self.node_id, result.name)
@@ -311,6 +380,85 @@ class RequestHandlers:
                 for r in results
             ]
         }
+
+    async def _forward(self, api_key: ApiKey, body: Body, forwarded_by: int | None, timeout_ms: int) -> Body | None:
+        """The active controller's answer to ``body``, or None when it cannot be asked."""
+        if forwarded_by is not None:
+            return None  # forwarded once already: never bounce a request between nodes
+        controller_id = self.controller.controller_id()
+        broker = self.metadata.image.brokers.get(controller_id) if controller_id is not None else None
+        if controller_id == self.node_id or broker is None:
+            return None
+        timeout_ms = max(FORWARD_TIMEOUT_MS_MIN, min(timeout_ms, FORWARD_TIMEOUT_MS_MAX))
+        try:
+            response = await self.peers.call(broker.host, broker.port, api_key,
+                                             {**body, "forwarded_by": self.node_id}, timeout_ms)
+        except PeerError as exc:
+            logger.warning("node %d could not forward %s to controller %d: %s",
+                           self.node_id, api_key.name, controller_id, exc)
+            return None
+        if "error_code" in response and api_key == ApiKey.CREATE_TOPICS and "topics" not in response:
+            return None  # a whole-request error of the controller: answer NOT_CONTROLLER
+        if "error_code" in response and api_key == ApiKey.DELETE_TOPICS and "responses" not in response:
+            return None
+        return response
+
+    async def _catch_up(self, done: Callable[[], bool]) -> None:
+        """After a forwarded change succeeded: wait (bounded) until this node's image shows it."""
+        if await self.partitions.wait_for_image(done, IMAGE_CATCH_UP_MS_MAX / 1000):
+            await self.partitions.reconcile(self.metadata.image)
+        else:
+            logger.warning("node %d image did not catch up with a forwarded change within %d ms",
+                           self.node_id, IMAGE_CATCH_UP_MS_MAX)
+
+    # -- DescribeCluster, BrokerRegistration, BrokerHeartbeat -------------------------------
+
+    async def describe_cluster(self, body: Any) -> Body:
+        image = self.metadata.image
+        brokers = [
+            {"node_id": b.broker_id, "host": b.host, "port": b.port, "rack": b.rack, "fenced": b.fenced}
+            for b in sorted(image.brokers.values(), key=lambda b: b.broker_id)
+        ]
+        raft = None
+        if self.controller.raft is not None:
+            status = self.controller.raft.status
+            raft = {
+                "node_id": self.node_id, "voters": sorted(self.config.voters), "is_leader": status.is_leader,
+                "leader_id": NO_CONTROLLER_ID if status.controller_id is None else status.controller_id,
+                "ready": status.ready, "term": status.term, "commit_index": status.commit_index,
+                "last_applied": status.last_applied, "metadata_offset": image.offset,
+            }
+        return {"error_code": errors.NONE, "error_message": None, "cluster_id": self.cluster_id,
+                "controller_id": self._controller_id(), "brokers": brokers, "raft": raft}
+
+    async def broker_registration(self, body: Any) -> Body:
+        broker_id = _field(body, "broker_id", int)
+        cluster_id = _field(body, "cluster_id", str)
+        host = _field(body, "host", str)
+        port = _field(body, "port", int)
+        rack = _field(body, "rack", str, default=None, nullable=True)
+        if cluster_id != self.cluster_id:
+            return {"error_code": errors.INVALID_REQUEST,
+                    "error_message": f"cluster id {cluster_id} is not this cluster's ({self.cluster_id})"}
+        try:
+            await self.controller.register(broker_id, host, port, rack)
+        except NotControllerError as exc:
+            return {"error_code": errors.NOT_CONTROLLER, "error_message": str(exc)}
+        except (MetadataLogError, ValueError) as exc:
+            return {"error_code": errors.REQUEST_TIMED_OUT, "error_message": str(exc)}
+        return {"error_code": errors.NONE, "error_message": None}
+
+    async def broker_heartbeat(self, body: Any) -> Body:
+        broker_id = _field(body, "broker_id", int)
+        try:
+            registered, fenced = await self.controller.heartbeat(broker_id)
+        except NotControllerError as exc:
+            return {"error_code": errors.NOT_CONTROLLER, "error_message": str(exc),
+                    "is_registered": False, "is_fenced": True}
+        except (MetadataLogError, ValueError) as exc:
+            return {"error_code": errors.REQUEST_TIMED_OUT, "error_message": str(exc),
+                    "is_registered": True, "is_fenced": True}
+        return {"error_code": errors.NONE, "error_message": None, "is_registered": registered, "is_fenced": fenced}
 
     # -- DescribeConfigs --------------------------------------------------------------------
 
@@ -434,6 +582,8 @@ class RequestHandlers:
         partition = topic.partitions.get(index) if topic is not None else None
         if topic is None or partition is None or config is None:
             return self._produce_error(index, errors.UNKNOWN_TOPIC_OR_PARTITION, f"unknown partition {name}-{index}")
+        if partition.leader == NO_LEADER:
+            return self._produce_error(index, errors.LEADER_NOT_AVAILABLE, f"{name}-{index} has no leader")
         if partition.leader != self.node_id:
             return self._produce_error(index, errors.NOT_LEADER_OR_FOLLOWER,
                                        f"node {self.node_id} is not the leader of {name}-{index}")
@@ -543,11 +693,15 @@ class RequestHandlers:
                     "log_start_offset": log_start_offset, "records": b""}
 
         partition = topic.partitions.get(index) if topic is not None else None
-        log = self.partitions.get(topic.topic_id, index) if topic is not None else None
-        if partition is None or log is None:
+        if topic is None or partition is None:
             return error(errors.UNKNOWN_TOPIC_OR_PARTITION, f"unknown partition {name}-{index}")
+        if partition.leader == NO_LEADER:
+            return error(errors.LEADER_NOT_AVAILABLE, f"{name}-{index} has no leader")
         if partition.leader != self.node_id:
             return error(errors.NOT_LEADER_OR_FOLLOWER, f"node {self.node_id} is not the leader of {name}-{index}")
+        log = self.partitions.get(topic.topic_id, index)
+        if log is None:
+            return error(errors.UNKNOWN_TOPIC_OR_PARTITION, f"partition {name}-{index} is not open on node {self.node_id}")
         if leader_epoch != NO_LEADER_EPOCH and leader_epoch != partition.leader_epoch:
             code = errors.FENCED_LEADER_EPOCH if leader_epoch < partition.leader_epoch else errors.UNKNOWN_LEADER_EPOCH
             return error(code, f"leader epoch of {name}-{index} is {partition.leader_epoch}, not {leader_epoch}")
@@ -600,11 +754,15 @@ class RequestHandlers:
                     "leader_epoch": leader_epoch}
 
         partition = topic.partitions.get(index) if topic is not None else None
-        log = self.partitions.get(topic.topic_id, index) if topic is not None else None
-        if partition is None or log is None:
+        if topic is None or partition is None:
             return entry(errors.UNKNOWN_TOPIC_OR_PARTITION, message=f"unknown partition {name}-{index}")
+        if partition.leader == NO_LEADER:
+            return entry(errors.LEADER_NOT_AVAILABLE, message=f"{name}-{index} has no leader")
         if partition.leader != self.node_id:
             return entry(errors.NOT_LEADER_OR_FOLLOWER, message=f"node {self.node_id} is not the leader")
+        log = self.partitions.get(topic.topic_id, index)
+        if log is None:
+            return entry(errors.UNKNOWN_TOPIC_OR_PARTITION, message=f"{name}-{index} is not open here")
         try:
             return self._list_offset_of(log, timestamp, partition.leader_epoch, entry)
         except PartitionDeletedError as exc:

@@ -5,16 +5,31 @@ Theory of operation
 ``Node`` wires the parts together and owns their lifetimes:
 
     NodeConfig --> data dir:  meta.properties   (node id + cluster id; refuses another node's dir)
-                              metadata/         (LocalMetadataLog: the kraft image, durable)
+                              metadata/         (the kraft image, durable: LocalMetadataLog,
+                                                 or RaftMetadataLog's journal and snapshots)
                               log/              (LogStore: one LMDB env holding every partition)
-               --> PartitionManager (LogStore reconciled against the image)
-               --> RequestHandlers  (every API)  --> Server (asyncio TCP listener)
-               --> retention task   (every log_retention_check_interval_ms)
+                              reconciled.offset (newest metadata offset the LogStore matched)
+               --> PartitionManager  (LogStore reconciled against every new image)
+               --> ControllerService (metadata decisions; the active controller's timers)
+               --> RequestHandlers   (every API)  --> Server (asyncio TCP listener)
+               --> retention task    (every log_retention_check_interval_ms)
+               --> broker lifecycle  (multi-node: register, then heartbeat to the controller)
 
-Start order: data dir, metadata log, LogStore, register this broker and reconcile, then
-listen, then log ``node N serving on HOST:PORT (data DIR)``. Stop order is the reverse:
-stop accepting and reading, wake long polls, give in-flight requests a grace period, stop
-retention, close the LogStore (pending writes complete, flushed), close the metadata log.
+With no ``controller_quorum_voters`` the node is its own cluster (the embedded default):
+a LocalMetadataLog, and the node registers and unfences itself before it listens. With
+voters the metadata lives in a Raft group (``kraft.raft_log``); the cluster id is derived
+from the voter list, so every node of one cluster computes the same one. The node listens
+at once (it answers Metadata from whatever image it has replayed) and, in the background,
+waits for the quorum, registers with the active controller (BrokerRegistration, over the
+wire or locally when it is the active controller itself) and heartbeats every
+``broker_heartbeat_interval_ms`` (BrokerHeartbeat); a heartbeat answered "not registered"
+makes it register again.
+
+Start order: data dir, metadata log, LogStore, reconcile (single node: register first),
+then listen, then log ``node N serving on HOST:PORT (data DIR)``. Stop order is the reverse:
+stop the heartbeats and controller timers, stop accepting and reading, wake long polls,
+give in-flight requests a grace period, stop retention, close the LogStore (pending writes
+complete, flushed), close the metadata log.
 SIGTERM and SIGINT trigger the stop; the process then exits 0. A bad config exits 2 with
 one line on stderr naming the key; any other start-up failure exits 1.
 """
@@ -32,11 +47,17 @@ import uuid
 from pathlib import Path
 
 from cluster.config import NodeConfig, load_config
+from cluster.controller_service import ControllerService
 from cluster.handlers import RequestHandlers
 from cluster.partitions import PartitionManager
+from cluster.peer import PeerClient, PeerError
+from cluster.protocol import errors
+from cluster.protocol.api import ApiKey
 from cluster.protocol.errors import ConfigError
 from cluster.server import SHUTDOWN_GRACE_S, Server
-from kraft.local_log import LocalMetadataLog
+from kraft.local_log import LocalMetadataLog, MetadataLogError
+from kraft.quorum import MetadataLog
+from kraft.raft_log import NotControllerError, RaftConfig, RaftMetadataLog
 from storage.log import LogStore
 
 logger = logging.getLogger("cluster.node")  # also when run as __main__
@@ -46,10 +67,24 @@ EXIT_FAILED = 1
 EXIT_BAD_CONFIG = 2
 META_PROPERTIES = "meta.properties"
 META_VERSION = 1
+RECONCILED_OFFSET_FILE = "reconciled.offset"  # the PartitionManager's deletion floor
+CLUSTER_ID_NAMESPACE = uuid.UUID("6f1c1b3e-7a52-4d0e-9d4c-2b9f0f6a3c11")
+QUORUM_WAIT_SLICE_S = 0.5  # wait_ready runs in a thread; re-checked this often for a stop
+HEARTBEAT_TIMEOUT_MS_MAX = 2000  # one registration or heartbeat request to the controller
 
 
-def read_or_create_meta(data_dir: Path, node_id: int) -> str:
-    """The cluster id stored in the data dir (created on first start); checks the node id."""
+def cluster_id_of_voters(voters: dict[int, str]) -> str:
+    """The id every node of a multi-node cluster derives from the same voter list."""
+    text = ",".join(f"{voter_id}@{address}" for voter_id, address in sorted(voters.items()))
+    return uuid.uuid5(CLUSTER_ID_NAMESPACE, text).hex
+
+
+def read_or_create_meta(data_dir: Path, node_id: int, cluster_id: str | None = None) -> str:
+    """The cluster id stored in the data dir (created on first start); checks the node id.
+
+    ``cluster_id`` (multi-node: derived from the voters) is what a new data dir records,
+    and what an existing one must already hold.
+    """
     path = data_dir / META_PROPERTIES
     if path.exists():
         properties = dict(
@@ -58,8 +93,14 @@ def read_or_create_meta(data_dir: Path, node_id: int) -> str:
         stored_node_id = properties.get("node.id")
         if stored_node_id != str(node_id):
             raise ConfigError(f"data_dir {data_dir} belongs to node {stored_node_id}, not to node_id {node_id}")
-        return properties["cluster.id"]
-    cluster_id = uuid.uuid4().hex
+        stored_cluster_id = properties["cluster.id"]
+        if cluster_id is not None and stored_cluster_id != cluster_id:
+            raise ConfigError(
+                f"data_dir {data_dir} belongs to cluster {stored_cluster_id}, not to this cluster {cluster_id} "
+                "(controller_quorum_voters changed?)"
+            )
+        return stored_cluster_id
+    cluster_id = cluster_id or uuid.uuid4().hex
     temporary = path.with_suffix(".tmp")
     with open(temporary, "w") as out:
         out.write(f"version={META_VERSION}\nnode.id={node_id}\ncluster.id={cluster_id}\n")
@@ -77,24 +118,48 @@ class Node:
         self.data_dir = Path(config.data_dir)
         self.server: Server | None = None
         self.store: LogStore | None = None
-        self.metadata: LocalMetadataLog | None = None
+        self.metadata: MetadataLog | None = None
         self.partitions: PartitionManager | None = None
+        self.controller: ControllerService | None = None
+        self.peers: PeerClient | None = None
         self.handlers: RequestHandlers | None = None
+        self.cluster_id = ""
         self._retention_task: asyncio.Task | None = None
+        self._lifecycle_task: asyncio.Task | None = None
+        self._stopping = False
+
+    def _open_metadata(self) -> MetadataLog:
+        config = self.config
+        if not config.is_multi_node:
+            return LocalMetadataLog(self.data_dir / "metadata")
+        assert config.controller_listener is not None and config.cluster_password is not None
+        return RaftMetadataLog(RaftConfig(
+            node_id=config.node_id,
+            bind_address=config.controller_listener,
+            voters=config.voters,
+            password=config.cluster_password,
+            data_dir=str(self.data_dir / "metadata"),
+        ))
 
     async def start(self) -> None:
         config = self.config
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        cluster_id = read_or_create_meta(self.data_dir, config.node_id)
-        self.metadata = LocalMetadataLog(self.data_dir / "metadata")
+        derived = cluster_id_of_voters(config.voters) if config.is_multi_node else None
+        cluster_id = self.cluster_id = read_or_create_meta(self.data_dir, config.node_id, derived)
+        self.metadata = await asyncio.to_thread(self._open_metadata)
         self.store = LogStore(
             self.data_dir / "log",
             sync=config.log_sync,
             map_size_bytes=config.lmdb_map_size_bytes,
             map_size_max_bytes=config.lmdb_map_size_max_bytes,
         )
-        self.partitions = PartitionManager(config.node_id, self.store)
-        self.handlers = RequestHandlers(config, cluster_id, self.metadata, self.partitions)
+        # A voter's image is trusted for deletions only once it has caught up (below).
+        self.partitions = PartitionManager(config.node_id, self.store, reconciling=not config.is_multi_node,
+                                           offset_path=self.data_dir / RECONCILED_OFFSET_FILE)
+        self.partitions.watch(self.metadata)
+        self.controller = ControllerService(config, cluster_id, self.metadata)
+        self.peers = PeerClient(config.node_id)
+        self.handlers = RequestHandlers(config, cluster_id, self.metadata, self.partitions, self.controller, self.peers)
         await self.handlers.start()
         self.server = Server(
             config.listener_host,
@@ -106,6 +171,9 @@ class Node:
         )
         await self.server.start()
         self._retention_task = asyncio.create_task(self._retention_loop())
+        if config.is_multi_node:
+            self.controller.start()
+            self._lifecycle_task = asyncio.create_task(self._broker_lifecycle())
         logger.info(
             "node %d serving on %s:%d (data %s)", config.node_id, config.listener_host, self.server.port, config.data_dir
         )
@@ -122,9 +190,92 @@ class Node:
             except Exception:
                 logger.exception("node %d retention pass failed", self.config.node_id)
 
+    # -- broker lifecycle (multi-node) ----------------------------------------------------
+
+    async def _broker_lifecycle(self) -> None:
+        """Wait for the quorum, then register and heartbeat to the active controller forever."""
+        assert isinstance(self.metadata, RaftMetadataLog)
+        metadata = self.metadata
+        while not self._stopping and not await asyncio.to_thread(metadata.wait_ready, QUORUM_WAIT_SLICE_S):
+            if metadata.failed is not None:
+                logger.error("node %d metadata quorum failed: %s", self.config.node_id, metadata.failed)
+                return
+        logger.info("node %d sees the metadata quorum (controller %s, offset %d)",
+                    self.config.node_id, metadata.active_controller_id(), metadata.image.offset)
+        assert self.partitions is not None
+        self.partitions.start_reconciling(metadata.image)
+        interval_s = self.config.broker_heartbeat_interval_ms / 1000
+        registered = False
+        was_fenced: bool | None = None
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            started = loop.time()
+            try:
+                if not registered:
+                    registered = await self._register()
+                if registered:
+                    is_registered, fenced = await self._heartbeat()
+                    registered = is_registered
+                    if fenced != was_fenced:
+                        logger.info("node %d is %s", self.config.node_id, "fenced" if fenced else "unfenced")
+                        was_fenced = fenced
+            except (NotControllerError, PeerError, MetadataLogError, errors.KafkaError) as exc:
+                logger.debug("node %d heartbeat round failed: %s", self.config.node_id, exc)
+            except Exception:
+                logger.exception("node %d heartbeat round failed", self.config.node_id)
+            await asyncio.sleep(max(0.0, interval_s - (loop.time() - started)))
+
+    async def _controller_call(self, api_key: ApiKey, body: dict) -> dict | None:
+        """Ask the active controller (locally when it is this node); None if there is none yet."""
+        assert self.controller is not None and self.metadata is not None and self.peers is not None
+        controller_id = self.controller.controller_id()
+        if controller_id is None:
+            return None
+        if controller_id == self.config.node_id:
+            assert self.handlers is not None
+            handler = self.handlers.broker_registration if api_key == ApiKey.BROKER_REGISTRATION \
+                else self.handlers.broker_heartbeat
+            return await handler(body)
+        broker = self.metadata.image.brokers.get(controller_id)
+        if broker is None:
+            return None  # the controller has not registered itself yet
+        timeout_ms = min(self.config.broker_session_timeout_ms, HEARTBEAT_TIMEOUT_MS_MAX)
+        return await self.peers.call(broker.host, broker.port, api_key, body, timeout_ms)
+
+    async def _register(self) -> bool:
+        host, port = self.config.advertised_host_port
+        response = await self._controller_call(ApiKey.BROKER_REGISTRATION, {
+            "broker_id": self.config.node_id, "cluster_id": self.cluster_id,
+            "host": host, "port": port, "rack": self.config.rack,
+        })
+        if response is None:
+            return False
+        errors.check(response.get("error_code", errors.UNKNOWN_SERVER_ERROR), response.get("error_message"))
+        logger.info("node %d registered with controller %s", self.config.node_id, self.controller.controller_id()
+                    if self.controller else None)
+        return True
+
+    async def _heartbeat(self) -> tuple[bool, bool]:
+        response = await self._controller_call(ApiKey.BROKER_HEARTBEAT, {"broker_id": self.config.node_id})
+        if response is None:
+            return True, True
+        errors.check(response.get("error_code", errors.UNKNOWN_SERVER_ERROR), response.get("error_message"))
+        return bool(response.get("is_registered")), bool(response.get("is_fenced"))
+
     async def stop(self) -> None:
         node_id = self.config.node_id
         logger.info("node %d stopping", node_id)
+        self._stopping = True
+        if self._lifecycle_task is not None:
+            self._lifecycle_task.cancel()
+            try:
+                await self._lifecycle_task
+            except asyncio.CancelledError:
+                pass
+        if self.controller is not None:
+            await self.controller.stop()
+        if self.peers is not None:
+            self.peers.close()
         if self.partitions is not None:
             self.partitions.wake_all()
         if self.server is not None:
@@ -138,7 +289,7 @@ class Node:
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
         if self.metadata is not None:
-            self.metadata.close()
+            await asyncio.to_thread(self.metadata.close)
         logger.info("node %d stopped", node_id)
 
 

@@ -14,7 +14,29 @@ and ``PartitionManager.reconcile`` carries the plan out:
 Partitions are stored under their topic *id*, not their name, so a topic deleted and
 created again under the same name never sees the old topic's data, even if the node
 crashed between the two (the next reconcile deletes the orphan). Reconciling runs at start
-and after every metadata change the node makes, one pass at a time (a lock).
+and after every metadata change, one pass at a time (a lock).
+
+Metadata changes arrive through ``watch(metadata_log)``: the log calls back on its own
+thread (the Raft tick thread, or the appending thread of the local log); the callback only
+hops to the event loop (``call_soon_threadsafe``), where ``_image_changed`` remembers the
+newest image, wakes ``wait_for_image`` callers and starts one reconcile task if none is
+running. That task reconciles until it has caught up with the newest image, so a burst of
+changes costs one or two passes, not one per change.
+
+An image part-way through a replay lacks every topic created later, and a reconcile against
+it would delete their partitions' data. Two guards: until ``start_reconciling`` is called
+nothing is opened or deleted (the node calls it once the metadata log reports that it has
+caught up with the quorum; at once for the single-node log, which replays completely on
+open); and nothing is ever deleted against an image older than the newest one reconciled
+before, whose offset is kept durably in ``offset_path`` (the deletion floor). Images are
+prefixes of one log, so an image at or past the floor holds every topic that existed when
+the floor was written, and a partition it lacks belongs to a topic that is really gone.
+Worked example: a node reconciled offset 120 (floor 120) and crashed; on restart a Raft
+follower may briefly apply only up to offset 40, before topic "orders" was created at 55:
+that image opens what it knows and deletes nothing; at offset >= 120 the orphans of topics
+removed meanwhile are deleted. Leadership needs no reconciling here:
+the handlers read each partition's leader and leader epoch from the image per request.
+(Follower fetchers, when replication exists, are started and stopped by this same pass.)
 
 Appends go through ``append``: it hands the batch to the partition log (whose writer thread
 group-commits it) and, when the commit completes, advances the high watermark and wakes any
@@ -28,9 +50,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Iterable, Mapping
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
 
 from kraft.image import MetadataImage
+from kraft.quorum import MetadataLog
 from kraft.topic_config import effective_topic_config
 from storage.log import AppendResult, LogStore, PartitionLog
 
@@ -57,22 +82,129 @@ def reconcile_plan(
     return sorted(desired_set - actual_set), sorted(actual_set - desired_set)
 
 
+def read_offset(path: Path | None) -> int:
+    """The deletion floor kept in ``path`` (0 when there is none)."""
+    if path is None:
+        return 0
+    try:
+        return int(path.read_text().strip() or 0)
+    except FileNotFoundError:
+        return 0
+    except ValueError:
+        logger.warning("ignoring unreadable metadata offset file %s", path)
+        return 0
+
+
+def write_offset(path: Path, offset: int) -> None:
+    """Durably replace the file's offset (write, fsync, rename, fsync the directory)."""
+    temporary = path.with_suffix(".tmp")
+    with open(temporary, "w") as out:
+        out.write(f"{offset}\n")
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 class PartitionManager:
     """Owns the LogStore's partitions on behalf of the node (see the module docstring)."""
 
-    def __init__(self, node_id: int, store: LogStore) -> None:
+    def __init__(self, node_id: int, store: LogStore, *, reconciling: bool = True,
+                 offset_path: Path | None = None) -> None:
         self.node_id = node_id
+        self._reconciling = reconciling
+        self._offset_path = offset_path
+        self._deletion_floor = read_offset(offset_path)
         self.store = store
         self._logs: dict[PartitionKey, PartitionLog] = dict(store.partitions())
         self._waiters: dict[PartitionKey, set[asyncio.Future[None]]] = {}
         self._reconcile_lock = asyncio.Lock()
         self._closing = False
+        self._latest_image: MetadataImage | None = None
+        self._reconciled_offset = -1
+        self._reconcile_task: asyncio.Task | None = None
+        self._image_condition: asyncio.Condition | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- following the metadata log -------------------------------------------------------
+
+    def watch(self, metadata: MetadataLog) -> None:
+        """Reconcile after every change of ``metadata``'s image (call from the event loop)."""
+        self._loop = asyncio.get_running_loop()
+        self._image_condition = asyncio.Condition()
+        metadata.subscribe(self._on_image_thread)
+
+    def _on_image_thread(self, old: MetadataImage, new: MetadataImage) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._image_changed, new)
+        except RuntimeError:
+            pass  # the loop closed meanwhile: the node is stopping
+
+    def _image_changed(self, image: MetadataImage) -> None:
+        if self._latest_image is None or image.offset >= self._latest_image.offset:
+            self._latest_image = image
+        if self._closing:
+            return
+        if self._reconciling and (self._reconcile_task is None or self._reconcile_task.done()):
+            self._reconcile_task = asyncio.create_task(self._reconcile_latest())
+        if self._image_condition is not None:
+            asyncio.create_task(self._notify_image())
+
+    async def _notify_image(self) -> None:
+        assert self._image_condition is not None
+        async with self._image_condition:
+            self._image_condition.notify_all()
+
+    def start_reconciling(self, image: MetadataImage) -> None:
+        """The metadata has caught up: reconcile from ``image`` on (call from the event loop)."""
+        self._reconciling = True
+        self._image_changed(image)
+
+    async def _reconcile_latest(self) -> None:
+        while (self._reconciling and self._latest_image is not None
+               and self._latest_image.offset > self._reconciled_offset):
+            try:
+                await self.reconcile(self._latest_image)
+            except Exception:
+                logger.exception("node %d failed to reconcile partitions at metadata offset %d",
+                                 self.node_id, self._latest_image.offset)
+                return
+
+    async def wait_for_image(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait (bounded) until ``predicate()`` holds, re-checking after each image change."""
+        if predicate():
+            return True
+        condition = self._image_condition
+        if condition is None:
+            return False
+        try:
+            async with condition:
+                await asyncio.wait_for(condition.wait_for(predicate), timeout_s)
+            return True
+        except asyncio.TimeoutError:
+            return predicate()
 
     # -- reconcile ------------------------------------------------------------------------
 
     async def reconcile(self, image: MetadataImage) -> None:
+        if not self._reconciling:
+            return  # the image may be part-way through a replay (see the module docstring)
         async with self._reconcile_lock:
+            if image.offset < self._reconciled_offset:
+                return  # a newer image was reconciled already
             to_open, to_delete = reconcile_plan(desired_partitions(image, self.node_id), self._logs)
+            if image.offset < self._deletion_floor:
+                if to_delete:
+                    logger.info("node %d keeps %d partitions unknown to metadata offset %d until it reaches %d",
+                                self.node_id, len(to_delete), image.offset, self._deletion_floor)
+                to_delete = []
             for key in to_delete:
                 self._logs.pop(key, None)
             deletions = [asyncio.wrap_future(self.store.delete_partition(*key)) for key in to_delete]
@@ -85,6 +217,11 @@ class PartitionManager:
                 opened = await asyncio.to_thread(self._open_all, to_open)
                 self._logs.update(opened)
                 logger.info("node %d opened %d new partitions", self.node_id, len(opened))
+            self._reconciled_offset = max(self._reconciled_offset, image.offset)
+            if image.offset > self._deletion_floor:
+                self._deletion_floor = image.offset
+                if self._offset_path is not None:
+                    await asyncio.to_thread(write_offset, self._offset_path, image.offset)
 
     def _open_all(self, keys: list[PartitionKey]) -> dict[PartitionKey, PartitionLog]:
         return {key: self.store.open_partition(*key) for key in keys}
@@ -149,6 +286,8 @@ class PartitionManager:
     def wake_all(self) -> None:
         """Shutdown: every long poll answers now with what it has."""
         self._closing = True
+        if self._reconcile_task is not None:
+            self._reconcile_task.cancel()
         for key in list(self._waiters):
             self._wake(key)
 

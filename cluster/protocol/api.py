@@ -24,13 +24,20 @@ Metadata (3)
 CreateTopics (19)
     request  {"topics": [{"name", "num_partitions", "replication_factor",
                           "configs": {str: str}}],
-              "timeout_ms", "validate_only": bool}
+              "timeout_ms", "validate_only": bool, "forwarded_by": int (optional)}
     response {"topics": [{"name", "error_code", "error_message": str | None,
                           "num_partitions", "replication_factor"}]}
 
 DeleteTopics (20)
-    request  {"topic_names": [str], "timeout_ms"}
+    request  {"topic_names": [str], "timeout_ms", "forwarded_by": int (optional)}
     response {"responses": [{"name", "error_code", "error_message": str | None}]}
+
+    In a multi-node cluster only the active controller decides CreateTopics and
+    DeleteTopics. Any other node forwards the request to it, unchanged but for
+    "forwarded_by" (the forwarding node's id), and relays the answer once its own metadata
+    image shows the outcome. A request that already carries "forwarded_by" is never
+    forwarded again: a node that is not (or no longer) the active controller answers
+    NOT_CONTROLLER for every item, as does a node that knows no active controller.
 
 DescribeConfigs (32)   (topic configs only: resource_type 2)
     request  {"resources": [{"resource_type": 2, "resource_name": str,
@@ -64,6 +71,32 @@ ListOffsets (2)
              otherwise the first offset whose batch max timestamp is >= timestamp.
     response {"topics": [{"name", "partitions": [{"index", "error_code", "timestamp", "offset",
               "leader_epoch"}]}]}   offset -1 when no record has such a timestamp.
+
+DescribeCluster (60)
+    request  {}
+    response {"error_code", "error_message": str | None, "cluster_id": str,
+              "controller_id": int (-1 = unknown),
+              "brokers": [{"node_id", "host", "port", "rack": str | None, "fenced": bool}],
+              "raft": None (single node) | {"node_id", "voters": [int], "is_leader": bool,
+                       "leader_id": int (-1 = unknown), "ready": bool, "term",
+                       "commit_index", "last_applied", "metadata_offset"}}
+    "brokers" lists every registered broker, fenced or not; "raft" is the answering
+    node's own view of the metadata quorum.
+
+BrokerRegistration (62)   node to the active controller
+    request  {"broker_id", "cluster_id": str, "host", "port", "rack": str | None}
+    response {"error_code", "error_message": str | None}
+    NOT_CONTROLLER when the receiver is not the active controller; INVALID_REQUEST when
+    the cluster id is not the controller's. A newly registered broker is fenced until
+    its first heartbeat.
+
+BrokerHeartbeat (63)   node to the active controller, every broker_heartbeat_interval_ms
+    request  {"broker_id"}
+    response {"error_code", "error_message": str | None, "is_registered": bool,
+              "is_fenced": bool}
+    is_registered false: the controller does not know the broker; it must register
+    again. A fenced broker's heartbeat unfences it (is_fenced tells the state after the
+    heartbeat was handled).
 """
 
 from __future__ import annotations
@@ -80,6 +113,9 @@ class ApiKey(IntEnum):
     CREATE_TOPICS = 19
     DELETE_TOPICS = 20
     DESCRIBE_CONFIGS = 32
+    DESCRIBE_CLUSTER = 60
+    BROKER_REGISTRATION = 62
+    BROKER_HEARTBEAT = 63
 
 
 # (min_version, max_version) the node serves for each API.
@@ -94,3 +130,4 @@ EARLIEST_TIMESTAMP = -2
 
 CONSUMER_REPLICA_ID = -1
 RESOURCE_TYPE_TOPIC = 2
+NO_CONTROLLER_ID = -1

@@ -49,7 +49,7 @@ log_retention_ms = -1
 auto_create_topics_enable = true
 log_level = "debug"
 controller_listener = "127.0.0.1:19093"
-controller_quorum_voters = ["1@127.0.0.1:19093", "2@127.0.0.1:29093"]
+controller_quorum_voters = ["7@127.0.0.1:19093", "2@127.0.0.1:29093"]
 cluster_password = "s3cret"
 """)
     config = load_config(path, environ={})
@@ -62,20 +62,24 @@ cluster_password = "s3cret"
     assert config.log_retention_ms == -1
     assert config.auto_create_topics_enable is True
     assert config.log_level == "DEBUG"
-    assert config.controller_quorum_voters == ("1@127.0.0.1:19093", "2@127.0.0.1:29093")
+    assert config.controller_quorum_voters == ("7@127.0.0.1:19093", "2@127.0.0.1:29093")
+    assert config.voters == {7: "127.0.0.1:19093", 2: "127.0.0.1:29093"}
+    assert config.is_multi_node
     assert config.cluster_password == "s3cret"
 
 
 def test_environment_overrides_the_file_with_the_key_type(tmp_path: Path) -> None:
-    path = write(tmp_path, "node_id = 3\nmessage_max_bytes = 100\n")
+    path = write(tmp_path, "node_id = 2\nmessage_max_bytes = 100\n")
     config = load_config(path, environ={
         "KRAFT_MESSAGE_MAX_BYTES": "4096",
         "KRAFT_AUTO_CREATE_TOPICS_ENABLE": "true",
         "KRAFT_RACK": "east",
         "KRAFT_CONTROLLER_QUORUM_VOTERS": "1@h1:9093, 2@h2:9093",
+        "KRAFT_CONTROLLER_LISTENER": "h2:9093",
+        "KRAFT_CLUSTER_PASSWORD": "pw",
         "UNRELATED": "x",
     })
-    assert config.node_id == 3
+    assert config.node_id == 2
     assert config.message_max_bytes == 4096
     assert config.auto_create_topics_enable is True
     assert config.rack == "east"
@@ -135,6 +139,11 @@ BAD_VALUES = [
     ("controller_quorum_voters", '["h:9093"]'),
     ("controller_quorum_voters", '["1@h:9093", "1@g:9093"]'),
     ("cluster_password", '""'),
+    ("cluster_password_file", '""'),
+    ("broker_heartbeat_interval_ms", "0"),
+    ("broker_session_timeout_ms", '"1s"'),
+    ("auto_leader_rebalance_enable", "1"),
+    ("leader_imbalance_check_interval_ms", "-5"),
 ]
 
 
@@ -168,3 +177,76 @@ def test_config_is_frozen() -> None:
     config = NodeConfig()
     with pytest.raises(AttributeError):
         config.node_id = 2  # type: ignore[misc]
+
+
+# -- the multi-node keys: rules that involve several keys ---------------------------------
+
+CLUSTER = """node_id = 1
+listeners = "127.0.0.1:9092"
+controller_listener = "127.0.0.1:9093"
+controller_quorum_voters = ["1@127.0.0.1:9093", "2@127.0.0.1:9193", "3@127.0.0.1:9293"]
+"""
+
+
+def test_multi_node_defaults_and_derived_values(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, CLUSTER + 'cluster_password = "pw"\n'), environ={})
+    assert config.voters == {1: "127.0.0.1:9093", 2: "127.0.0.1:9193", 3: "127.0.0.1:9293"}
+    assert config.broker_heartbeat_interval_ms < config.broker_session_timeout_ms <= 2000
+    assert config.auto_leader_rebalance_enable is True
+    assert config.leader_imbalance_check_interval_ms > 0
+    assert not NodeConfig().is_multi_node
+
+
+def test_password_file_is_read_and_stripped(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("  hunter2\n")
+    config = load_config(write(tmp_path, CLUSTER + f'cluster_password_file = "{secret}"\n'), environ={})
+    assert config.cluster_password == "hunter2"
+
+
+@pytest.mark.parametrize("extra,line,words", [
+    ("", 4, "exactly one of cluster_password and cluster_password_file"),
+    ('cluster_password = "pw"\ncluster_password_file = "/etc/x"\n', 4, "exactly one"),
+    ('cluster_password_file = "/nonexistent/secret"\n', 5, "cluster_password_file cannot be read"),
+])
+def test_password_rules(tmp_path: Path, extra: str, line: int, words: str) -> None:
+    path = write(tmp_path, CLUSTER + extra)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.message.startswith(f"{path} line {line}: "), info.value.message
+    assert words in info.value.message
+
+
+def test_empty_password_file_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text(" \n")
+    path = write(tmp_path, CLUSTER + f'cluster_password_file = "{secret}"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert f"{path} line 5: cluster_password_file must hold a non-empty password" in info.value.message
+
+
+@pytest.mark.parametrize("replace,key,words", [
+    (("node_id = 1", "node_id = 4"), "controller_quorum_voters", "must include node_id 4"),
+    (('controller_listener = "127.0.0.1:9093"\n', ""), "controller_quorum_voters", "controller_listener must be set"),
+    (('controller_listener = "127.0.0.1:9093"', 'controller_listener = "127.0.0.1:9999"'), "controller_listener",
+     "must use this voter's port 9093"),
+    (('listeners = "127.0.0.1:9092"', 'listeners = "127.0.0.1:9093"'), "controller_listener",
+     "must differ from listeners"),
+])
+def test_voter_rules_name_the_key_and_line(tmp_path: Path, replace: tuple[str, str], key: str, words: str) -> None:
+    text = CLUSTER.replace(*replace) + 'cluster_password = "pw"\n'
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    lines = text.splitlines()
+    line = next(i for i, l in enumerate(lines, 1) if l.startswith(key + " ="))
+    assert info.value.message.startswith(f"{path} line {line}: "), info.value.message
+    assert words in info.value.message
+
+
+def test_session_timeout_must_exceed_the_heartbeat_interval(tmp_path: Path) -> None:
+    path = write(tmp_path, "broker_heartbeat_interval_ms = 500\nbroker_session_timeout_ms = 500\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert "line 2: broker_session_timeout_ms must be greater than broker_heartbeat_interval_ms" in info.value.message

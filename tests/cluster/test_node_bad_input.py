@@ -201,7 +201,7 @@ def test_random_and_mangled_input_never_crashes_or_changes_stored_data(node) -> 
         st.tuples(st.just("truncated"), st.integers(0, len(valid_frame) - 1)),
         st.tuples(st.just("flipped"), st.sampled_from(flippable_bits)),
         st.tuples(st.just("body"), st.recursive(
-            st.none() | st.booleans() | st.integers() | st.text(max_size=5) | st.binary(max_size=20),
+            st.none() | st.booleans() | st.integers(-(2 ** 63), 2 ** 64 - 1) | st.text(max_size=5) | st.binary(max_size=20),
             lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
             max_leaves=10)),
     ))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cluster.partitions import PartitionManager, desired_partitions, reconcile_plan
-from kraft import controller
+from kraft import controller, lifecycle
 from kraft.image import MetadataImage
 from storage.log import LogStore
 from tests.cluster.wire import batch
@@ -22,6 +22,7 @@ def image_with(topics: dict[str, int], brokers: tuple[int, ...] = (1,), replicat
     image = MetadataImage.EMPTY
     for broker_id in brokers:
         image = image.apply(controller.register_broker(image, broker_id, "127.0.0.1", 9000 + broker_id, None))
+        image = image.apply(lifecycle.unfence_broker(image, broker_id))
     ids = iter(f"id-{name}" for name in topics)
     records, results = controller.create_topics(
         image, [controller.CreateTopicRequest(name, n, replication_factor, {}) for name, n in topics.items()],
@@ -109,6 +110,7 @@ def test_retention_uses_each_topics_config(tmp_path: Path) -> None:
         manager = PartitionManager(1, store)
         image = MetadataImage.EMPTY
         image = image.apply(controller.register_broker(image, 1, "h", 1, None))
+        image = image.apply(lifecycle.unfence_broker(image, 1))
         ids = iter(["short", "long"])
         records, _ = controller.create_topics(image, [
             controller.CreateTopicRequest("short", 1, 1, {"retention.ms": "1000"}),
@@ -126,5 +128,33 @@ def test_retention_uses_each_topics_config(tmp_path: Path) -> None:
         assert manager.get("short", 0).log_start_offset == 1  # type: ignore[union-attr]
         assert manager.get("long", 0).log_start_offset == 0  # type: ignore[union-attr]
         store.close()
+
+    asyncio.run(scenario())
+
+
+def test_no_partition_is_deleted_against_an_image_older_than_the_last_reconciled(tmp_path: Path) -> None:
+    """A restarted Raft follower may apply a prefix of the metadata log first: the topics
+    created later are missing from it, and their data must survive until the image is newer."""
+
+    async def scenario() -> None:
+        full = image_with({"a": 2, "b": 1})
+        prefix = image_with({"a": 2})  # same log, before "b" was created
+        assert prefix.offset < full.offset
+        offset_path = tmp_path / "reconciled.offset"
+        store = LogStore(tmp_path / "log")
+        manager = PartitionManager(1, store, offset_path=offset_path)
+        await manager.reconcile(full)
+        await asyncio.wrap_future(manager.get("id-b", 0).append(batch([b"keep"]), 0))
+        await asyncio.to_thread(store.close)
+
+        store = LogStore(tmp_path / "log")
+        manager = PartitionManager(1, store, offset_path=offset_path)
+        await manager.reconcile(prefix)
+        assert manager.get("id-b", 0) is not None and manager.get("id-b", 0).log_end_offset == 1
+        without_b = full.apply(controller.delete_topics(full, ["b"])[0])
+        await manager.reconcile(without_b)
+        assert manager.get("id-b", 0) is None
+        assert set(store.partitions()) == {("id-a", 0), ("id-a", 1)}
+        await asyncio.to_thread(store.close)
 
     asyncio.run(scenario())

@@ -1,0 +1,202 @@
+"""The controller shell: the one place on a node where metadata records are decided and appended.
+
+Theory of operation
+-------------------
+Every node has one ``ControllerService``. It owns the node's metadata write path (one
+asyncio lock: decide on the newest image, append, repeat) and, on a voter of a multi-node
+cluster, the active controller's duties while this voter is the Raft leader. Every
+decision is a pure function of ``kraft`` (``kraft.controller``, ``kraft.lifecycle``) given
+the current image and ``now_ms``; this module adds only timers, the lock and the appends
+(``asyncio.to_thread``: an append blocks until the Raft majority has it).
+
+    commit(decide)   lock -> image -> decide(image) -> (records, result)
+                     -> append (off the loop) -> (new image, result)
+                     CommandSkippedError (the image moved under the decision): decide again
+                     NotControllerError: raised to the caller, who answers NOT_CONTROLLER
+
+The active controller (multi-node only; a single node decides everything itself and
+never fences itself):
+
+    tick, every CONTROLLER_TICK_MS
+      became active  -> HeartbeatTracker.reset(image, now): every broker gets a fresh
+                        session, since the old controller's heartbeat times are gone
+      expired brokers (silent > broker_session_timeout_ms) -> fence_brokers
+      every leader_imbalance_check_interval_ms (auto_leader_rebalance_enable)
+                     -> elect_preferred_leaders
+    BrokerRegistration  -> register_broker (the broker is fenced until it heartbeats)
+    BrokerHeartbeat     -> tracker.heartbeat; a fenced registered broker -> unfence_broker
+
+The heartbeat tracker is soft state of the active controller alone: it is not replicated,
+and a voter that loses leadership simply stops using it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable, Sequence, TypeVar
+
+from cluster.config import NodeConfig
+from kraft import controller, lifecycle
+from kraft.image import MetadataImage
+from kraft.local_log import MetadataLogError
+from kraft.quorum import MetadataLog
+from kraft.raft_log import CommandSkippedError, NotControllerError, RaftMetadataLog
+from kraft.records import MetadataRecord
+
+logger = logging.getLogger(__name__)
+
+CONTROLLER_TICK_MS = 100  # how often the active controller looks for expired sessions
+COMMIT_ATTEMPTS_MAX = 5  # decisions retried after a skipped command before giving up
+
+T = TypeVar("T")
+Decision = Callable[[MetadataImage], tuple[Sequence[MetadataRecord], T]]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ControllerService:
+    """Metadata decisions of this node (see the module docstring)."""
+
+    def __init__(self, config: NodeConfig, cluster_id: str, metadata: MetadataLog) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self.cluster_id = cluster_id
+        self.metadata = metadata
+        self.raft: RaftMetadataLog | None = metadata if isinstance(metadata, RaftMetadataLog) else None
+        self.lock = asyncio.Lock()
+        self.tracker = lifecycle.HeartbeatTracker(config.broker_session_timeout_ms)
+        self._acting = False  # this voter is running the active controller's timers
+        self._next_rebalance_ms = 0
+        self._task: asyncio.Task | None = None
+
+    # -- who decides --------------------------------------------------------------------
+
+    def is_active(self) -> bool:
+        """True when this node may decide and append metadata now."""
+        return True if self.raft is None else self.raft.is_active_controller()
+
+    def controller_id(self) -> int | None:
+        """The active controller's node id, or None while there is none."""
+        return self.node_id if self.raft is None else self.raft.active_controller_id()
+
+    # -- the write path -------------------------------------------------------------------
+
+    async def commit(self, decide: Decision[T], *, dry_run: bool = False) -> tuple[MetadataImage, T]:
+        """Decide on the newest image and append the records; see the module docstring."""
+        async with self.lock:
+            for _ in range(COMMIT_ATTEMPTS_MAX):
+                if not self.is_active():
+                    raise self._not_controller()
+                image = self.metadata.image
+                records, result = decide(image)
+                if not records or dry_run:
+                    return image, result
+                try:
+                    new_image = await asyncio.to_thread(self.metadata.append, list(records))
+                except CommandSkippedError as exc:
+                    logger.info("node %d decides again: %s", self.node_id, exc)
+                    continue
+                return new_image, result
+            raise MetadataLogError(f"node {self.node_id}: the metadata kept changing under {COMMIT_ATTEMPTS_MAX} decisions")
+
+    def _not_controller(self) -> NotControllerError:
+        controller_id = self.controller_id()
+        return NotControllerError(
+            f"node {self.node_id} is not the active controller (active controller: {controller_id})",
+            None if controller_id == self.node_id else controller_id,
+        )
+
+    # -- broker lifecycle: what a broker asks of the active controller -------------------
+
+    async def register(self, broker_id: int, host: str, port: int, rack: str | None) -> None:
+        """Register (or re-register) a broker; NotControllerError when not active."""
+        registered_ms = now_ms()
+        _, records = await self.commit(lambda image: _with_records(
+            controller.register_broker(image, broker_id, host, port, rack)))
+        self.tracker.heartbeat(broker_id, registered_ms)
+        if records:
+            logger.info("node %d registered broker %d at %s:%d (rack %s)", self.node_id, broker_id, host, port, rack)
+
+    async def heartbeat(self, broker_id: int) -> tuple[bool, bool]:
+        """(is_registered, is_fenced) after handling one heartbeat of ``broker_id``."""
+        if not self.is_active():
+            raise self._not_controller()
+        heard_ms = now_ms()
+        broker = self.metadata.image.brokers.get(broker_id)
+        if broker is None:
+            return False, True
+        self.tracker.heartbeat(broker_id, heard_ms)
+        if not broker.fenced:
+            return True, False
+        image, records = await self.commit(lambda image: _with_records(lifecycle.unfence_broker(image, broker_id)))
+        if records:
+            logger.info("node %d unfenced broker %d (%d metadata records)", self.node_id, broker_id, len(records))
+        broker = image.brokers.get(broker_id)
+        return broker is not None, broker is None or broker.fenced
+
+    # -- the active controller's timers ---------------------------------------------------
+
+    def start(self) -> None:
+        """Start the active-controller timers (multi-node voters only)."""
+        if self.raft is not None and self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"controller-{self.node_id}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(CONTROLLER_TICK_MS / 1000)
+            try:
+                await self.tick(now_ms())
+            except NotControllerError:
+                self._acting = False
+            except MetadataLogError as exc:
+                logger.warning("node %d controller tick failed: %s", self.node_id, exc)
+            except Exception:
+                logger.exception("node %d controller tick failed", self.node_id)
+
+    async def tick(self, tick_ms: int) -> None:
+        """One round of the active controller's duties (nothing when not active)."""
+        raft = self.raft
+        if raft is None or not raft.is_active_controller() or not raft.status.ready:
+            if self._acting:
+                logger.info("node %d stopped acting as the active controller", self.node_id)
+            self._acting = False
+            return
+        if not self._acting:
+            self._acting = True
+            self.tracker.reset(self.metadata.image, tick_ms)
+            self._next_rebalance_ms = tick_ms + self.config.leader_imbalance_check_interval_ms
+            logger.info("node %d is acting as the active controller at metadata offset %d",
+                        self.node_id, self.metadata.image.offset)
+            return
+
+        def fence(image: MetadataImage) -> tuple[list[MetadataRecord], list[int]]:
+            expired = self.tracker.expired(image, tick_ms)
+            return (lifecycle.fence_brokers(image, expired) if expired else []), expired
+
+        image, fenced = await self.commit(fence)
+        if fenced:
+            logger.info("node %d fenced brokers %s: no heartbeat for %d ms", self.node_id, fenced,
+                        self.config.broker_session_timeout_ms)
+        if self.config.auto_leader_rebalance_enable and tick_ms >= self._next_rebalance_ms:
+            self._next_rebalance_ms = tick_ms + self.config.leader_imbalance_check_interval_ms
+            _, records = await self.commit(lambda image: _with_records(lifecycle.elect_preferred_leaders(image)))
+            if records:
+                logger.info("node %d restored preferred leaders of %d partitions", self.node_id, len(records))
+
+
+def _with_records(records: Sequence[MetadataRecord]) -> tuple[Sequence[MetadataRecord], Sequence[MetadataRecord]]:
+    """A decision whose result is its own records (so the caller can tell if any were made)."""
+    return records, records

@@ -1,0 +1,129 @@
+"""Node-to-node requests: an asyncio client of another node's client listener.
+
+Theory of operation
+-------------------
+``PeerClient`` owns at most one TCP connection per peer address (``host:port``), opened on
+first use and kept for the next request. A request on a connection holds that
+connection's lock from sending the frame to reading the response, so requests to one peer
+are one at a time and responses cannot be mixed up (the correlation id is checked all the
+same). Node-to-node traffic is small and rare (registrations, heartbeats, forwarded
+CreateTopics / DeleteTopics), so one request in flight per peer is enough.
+
+    call(host, port, api_key, body, timeout_ms)
+      -> connection for (host, port) (connect within timeout) -> lock
+      -> write encode_request frame -> read 4-byte size, check it, read the body
+      -> decode_response -> the response body
+
+Any failure (connect refused, timeout, closed connection, a malformed frame) closes that
+connection and raises ``PeerError``; the next call connects again. Callers decide whether
+to retry: a peer error is always "outcome unknown" for a request that changes state.
+
+Follower fetchers (replication) will need a pipelined session per source broker; they are
+expected to get their own connection type beside this one, not to share these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+from cluster.protocol import framing
+
+logger = logging.getLogger(__name__)
+
+PEER_CLIENT_ID = "kraft-node"
+PEER_RESPONSE_BYTES_MAX = 64 * 1024 * 1024
+PEER_CONNECTIONS_MAX = 64  # distinct peers remembered; the cluster has far fewer nodes
+
+
+class PeerError(Exception):
+    """A request to a peer failed before a response was read; its outcome is unknown."""
+
+
+class _PeerConnection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.lock = asyncio.Lock()
+        self.next_correlation_id = 1
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class PeerClient:
+    """Requests from this node to other nodes (see the module docstring)."""
+
+    def __init__(self, node_id: int) -> None:
+        self.node_id = node_id
+        self.client_id = f"{PEER_CLIENT_ID}-{node_id}"
+        self._connections: dict[tuple[str, int], _PeerConnection] = {}
+        self._connect_locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._closed = False
+
+    async def call(self, host: str, port: int, api_key: int, body: Any, timeout_ms: int) -> dict:
+        """Send one request and return the response body; ``PeerError`` on any failure."""
+        if self._closed:
+            raise PeerError("peer client is closed")
+        address = (host, port)
+        try:
+            return await asyncio.wait_for(self._call(address, api_key, body), timeout_ms / 1000)
+        except PeerError:
+            self._drop(address)
+            raise
+        except asyncio.TimeoutError:
+            self._drop(address)
+            raise PeerError(f"no response from {host}:{port} within {timeout_ms} ms") from None
+        except (OSError, asyncio.IncompleteReadError, framing.FrameError) as exc:
+            self._drop(address)
+            raise PeerError(f"request to {host}:{port} failed: {exc!r}") from None
+
+    async def _call(self, address: tuple[str, int], api_key: int, body: Any) -> dict:
+        connection = await self._connection(address)
+        async with connection.lock:
+            correlation_id = connection.next_correlation_id
+            connection.next_correlation_id += 1
+            connection.writer.write(framing.encode_request(api_key, 0, correlation_id, self.client_id, body))
+            await connection.writer.drain()
+            prefix = await connection.reader.readexactly(framing.SIZE_BYTES)
+            size = framing.check_frame_size(prefix, PEER_RESPONSE_BYTES_MAX)
+            got, response = framing.decode_response(await connection.reader.readexactly(size))
+        if got != correlation_id:
+            raise PeerError(f"response {got} to request {correlation_id} from {address[0]}:{address[1]}")
+        if not isinstance(response, dict):
+            raise PeerError(f"response from {address[0]}:{address[1]} is not a map")
+        return response
+
+    async def _connection(self, address: tuple[str, int]) -> _PeerConnection:
+        connection = self._connections.get(address)
+        if connection is not None and not connection.writer.is_closing():
+            return connection
+        lock = self._connect_locks.setdefault(address, asyncio.Lock())
+        async with lock:
+            connection = self._connections.get(address)
+            if connection is not None and not connection.writer.is_closing():
+                return connection
+            if len(self._connections) >= PEER_CONNECTIONS_MAX:
+                self.close()
+                self._closed = False
+            reader, writer = await asyncio.open_connection(*address, limit=PEER_RESPONSE_BYTES_MAX)
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            connection = _PeerConnection(reader, writer)
+            self._connections[address] = connection
+            logger.debug("node %d connected to peer %s:%d", self.node_id, *address)
+            return connection
+
+    def _drop(self, address: tuple[str, int]) -> None:
+        connection = self._connections.pop(address, None)
+        if connection is not None:
+            connection.close()
+
+    def close(self) -> None:
+        self._closed = True
+        for connection in self._connections.values():
+            connection.close()
+        self._connections.clear()

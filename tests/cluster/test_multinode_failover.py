@@ -1,0 +1,146 @@
+"""Three real node processes under kill -9: a broker is fenced and its partitions get new
+leaders from the ISR; it comes back and leads again; the active controller dies and another
+takes over; the whole cluster dies and comes back with every topic and placement."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from cluster.config import NodeConfig
+from cluster.launcher import wait_until
+from tests.cluster.multinode import LocalCluster, cluster_factory  # noqa: F401  (fixture)
+from tests.cluster.wire import batch
+
+pytestmark = pytest.mark.timeout(120)
+
+SESSION_TIMEOUT_MS = NodeConfig.broker_session_timeout_ms
+FAILOVER_BUDGET_S = 3.0  # kill -9 of a leader -> new leaders in the metadata, slack included
+
+
+def leaders(cluster: LocalCluster, node_id: int, topic: str) -> dict[int, tuple[int, int]]:
+    """partition -> (leader, leader_epoch) as ``node_id`` sees it."""
+    return {i: (p["leader_id"], p["leader_epoch"]) for i, p in cluster.partitions(node_id, topic).items()}
+
+
+def create(cluster: LocalCluster, node_id: int, topic: str, partitions: int, replication_factor: int) -> None:
+    with cluster.client(node_id) as client:
+        result = client.create_topic(topic, partitions, replication_factor=replication_factor)
+        assert result["error_code"] == 0, result
+
+
+def test_a_killed_broker_is_fenced_its_partitions_move_and_it_comes_back(cluster_factory) -> None:
+    cluster = cluster_factory(leader_imbalance_check_interval_ms=1000)
+    controller_id = cluster.wait_formed()
+    create(cluster, controller_id, "orders", 6, 3)
+    before = leaders(cluster, controller_id, "orders")
+    victim = next(i for i in (1, 2, 3) if i != controller_id)
+    survivors = [i for i in (1, 2, 3) if i != victim]
+    led = {p for p, (leader, _) in before.items() if leader == victim}
+    assert len(led) == 2
+
+    killed = time.monotonic()
+    cluster.kill9(victim)
+
+    def moved() -> bool:
+        views = [leaders(cluster, i, "orders") for i in survivors]
+        return all(all(view[p][0] not in (victim, -1) for p in led) for view in views)
+
+    wait_until(moved, FAILOVER_BUDGET_S + 5, interval_s=0.02, message="new leaders of the killed broker's partitions")
+    failover_s = time.monotonic() - killed
+    print(f"\nkill -9 of broker {victim} -> new leaders on every survivor after {failover_s:.2f} s "
+          f"(broker_session_timeout_ms {SESSION_TIMEOUT_MS})")
+    assert failover_s < FAILOVER_BUDGET_S, cluster.logs()
+
+    for node_id in survivors:
+        view = cluster.metadata(node_id)
+        assert sorted(b["node_id"] for b in view["brokers"]) == survivors
+        for index, p in cluster.partitions(node_id, "orders").items():
+            assert victim not in p["isr_nodes"]
+            assert p["offline_replicas"] == [victim]
+            assert p["leader_id"] in p["isr_nodes"]
+            if index in led:
+                assert p["leader_epoch"] == before[index][1] + 1
+            else:
+                assert (p["leader_id"], p["leader_epoch"]) == before[index]
+
+    cluster.start(victim)
+    cluster.wait_formed([1, 2, 3])
+
+    def restored() -> bool:
+        return all(leaders(cluster, i, "orders") == {p: (before[p][0], leaders(cluster, i, "orders")[p][1])
+                                                    for p in before} for i in (1, 2, 3))
+
+    wait_until(restored, 15, interval_s=0.1, message="preferred leaders restored")
+    for node_id in (1, 2, 3):
+        for index, p in cluster.partitions(node_id, "orders").items():
+            assert sorted(p["isr_nodes"]) == [1, 2, 3]
+            assert p["offline_replicas"] == []
+            if index in led:
+                assert p["leader_epoch"] == before[index][1] + 2  # moved away, then back
+
+
+def test_a_killed_controller_is_replaced_and_topics_can_still_be_created(cluster_factory) -> None:
+    cluster = cluster_factory()
+    old_controller = cluster.wait_formed()
+    create(cluster, old_controller, "before", 3, 3)
+    led = {p for p, (leader, _) in leaders(cluster, old_controller, "before").items() if leader == old_controller}
+    survivors = [i for i in (1, 2, 3) if i != old_controller]
+
+    killed = time.monotonic()
+    cluster.kill9(old_controller)
+    new_controller = cluster.wait_formed(survivors)
+    assert new_controller in survivors
+
+    def moved() -> bool:
+        return all(all(leaders(cluster, i, "before")[p][0] in survivors for p in led) for i in survivors)
+
+    wait_until(moved, FAILOVER_BUDGET_S + 5, interval_s=0.02, message="new leaders of the controller's partitions")
+    failover_s = time.monotonic() - killed
+    print(f"\nkill -9 of the active controller {old_controller} -> controller {new_controller}, "
+          f"new partition leaders after {failover_s:.2f} s")
+    assert failover_s < FAILOVER_BUDGET_S, cluster.logs()
+
+    via = next(i for i in survivors if i != new_controller)
+    create(cluster, via, "after", 4, 2)
+    for node_id in survivors:
+        partitions = cluster.partitions(node_id, "after")
+        assert len(partitions) == 4
+        assert all(set(p["replica_nodes"]) <= set(survivors) for p in partitions.values())
+    with cluster.client(via) as client:
+        assert client.create_topic("too-wide", 1, replication_factor=3)["error_code"] == 38  # 2 live brokers
+
+
+def test_a_full_cluster_restart_keeps_every_topic_and_placement(cluster_factory) -> None:
+    cluster = cluster_factory()
+    controller_id = cluster.wait_formed()
+    create(cluster, controller_id, "alpha", 6, 3)
+    create(cluster, controller_id, "beta", 3, 2)
+    with cluster.client(controller_id) as client:
+        assert client.create_topic("gamma", 1, replication_factor=1, configs={"retention.ms": "60000"})["error_code"] == 0
+        assert client.delete_topics(["gamma"])[0]["error_code"] == 0
+    placement = {t: {i: (p["replica_nodes"], p["leader_id"]) for i, p in cluster.partitions(controller_id, t).items()}
+                 for t in ("alpha", "beta")}
+    leader_of_alpha0 = placement["alpha"][0][1]
+    with cluster.client(leader_of_alpha0) as client:
+        assert client.produce("alpha", 0, batch([b"kept"]))["error_code"] == 0
+
+    cluster.kill9()
+    cluster.start()
+    cluster.wait_formed([1, 2, 3])
+    for node_id in (1, 2, 3):
+        view = cluster.metadata(node_id)
+        assert sorted(t["name"] for t in view["topics"]) == ["alpha", "beta"]
+        for topic in ("alpha", "beta"):
+            partitions = cluster.partitions(node_id, topic)
+            assert {i: p["replica_nodes"] for i, p in partitions.items()} == \
+                {i: replicas for i, (replicas, _) in placement[topic].items()}
+
+    def preferred_leaders() -> bool:
+        return all(cluster.partitions(i, "alpha")[p]["leader_id"] == placement["alpha"][p][1]
+                   for i in (1, 2, 3) for p in placement["alpha"])
+
+    wait_until(preferred_leaders, 20, interval_s=0.1, message="leaders after the restart")
+    with cluster.client(leader_of_alpha0) as client:
+        assert client.read_all("alpha", 0) == [(0, b"kept")]
