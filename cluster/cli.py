@@ -4,6 +4,7 @@
     kraft dev-cluster [--nodes 3] [--data-dir DIR]
     kraft topics create NAME --partitions N [--replication-factor R] [--config k=v ...]
     kraft topics list | describe [NAME] | delete NAME
+    kraft cluster status
     kraft produce TOPIC [--key-separator SEP] [--acks all|1|0]
     kraft consume TOPIC [--from-beginning] [--max-messages N] [--partition P --offset O]
 
@@ -62,6 +63,35 @@ def _cmd_topics(args: argparse.Namespace) -> int:
         elif args.topics_command == "delete":
             admin.delete_topics([args.name])
             print(f"Deleted topic {args.name}.")
+    return 0
+
+
+def _cmd_cluster_status(args: argparse.Namespace) -> int:
+    from cluster.client import Admin
+
+    with Admin(bootstrap_servers=args.bootstrap_server) as admin:
+        cluster = admin.describe_cluster()
+        topics = admin.describe_topics(None)
+    controller = cluster.controller_id if cluster.controller_id >= 0 else "unknown"
+    print(f"Cluster: {cluster.cluster_id}\tController: {controller}")
+    for b in cluster.brokers:
+        state = "fenced" if b.fenced else "live"
+        role = "\tactive controller" if b.node_id == cluster.controller_id else ""
+        rack = f"\track {b.rack}" if b.rack else ""
+        print(f"  broker {b.node_id}\t{b.host}:{b.port}\t{state}{rack}{role}")
+    if cluster.raft:
+        r = cluster.raft
+        print(f"Quorum (as seen by the node answering): voters {r.get('voters')}, leader {r.get('leader_id')}, "
+              f"term {r.get('term')}, commit index {r.get('commit_index')}, metadata offset {r.get('metadata_offset')}")
+    partitions = [(t.name, p) for t in topics for p in t.partitions]
+    offline = [f"{name}-{p.partition}" for name, p in partitions if p.leader < 0]
+    under = [f"{name}-{p.partition}" for name, p in partitions if p.leader >= 0 and len(p.isr) < len(p.replicas)]
+    print(f"Topics: {len(topics)}\tPartitions: {len(partitions)}\tOffline: {len(offline)}"
+          f"\tUnder-replicated: {len(under)}")
+    for name in offline:
+        print(f"  offline (no leader in the ISR): {name}")
+    for name in under:
+        print(f"  under-replicated: {name}")
     return 0
 
 
@@ -175,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (create, describe, delete, topics_sub.choices["list"]):
         p.add_argument("--bootstrap-server", default=argparse.SUPPRESS, metavar="HOST:PORT")
     topics.set_defaults(func=_cmd_topics)
+
+    status = client_parser("cluster", "the cluster's brokers, controller and partition health")
+    status_sub = status.add_subparsers(dest="cluster_command", required=True)
+    status_sub.add_parser("status").add_argument("--bootstrap-server", default=argparse.SUPPRESS, metavar="HOST:PORT")
+    status.set_defaults(func=_cmd_cluster_status)
 
     produce = client_parser("produce", "send one record per line of standard input")
     produce.add_argument("topic")

@@ -7,7 +7,8 @@ Node ``i`` (1..N) gets client port ``base_port + i - 1`` and Raft port
 file ``DIR/node-i/node.log``; every node is a voter, and they share a cluster password
 generated once and kept in ``DIR/cluster-password`` (mode 0600), so a restarted dev cluster
 on the same directory finds its data and its quorum again. The command waits until every
-node answers, prints the addresses, then waits for Ctrl-C or SIGTERM and stops the nodes
+node answers and sees every broker registered and unfenced under an active controller,
+prints the addresses, then waits for Ctrl-C or SIGTERM and stops the nodes
 with SIGTERM (kill -9 after a grace period). A node that dies while the cluster runs is
 reported and the others stop too.
 """
@@ -21,9 +22,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from cluster.launcher import NodeProcess
+from cluster.launcher import NodeProcess, cluster_formed, wait_until
 
 POLL_INTERVAL_S = 0.5
+FORMED_TIMEOUT_S = 30.0
 NODES_MAX = 9
 
 
@@ -70,6 +72,9 @@ def run(count: int, directory: Path, base_port: int, controller_base_port: int) 
             node.start(wait=False)
         for node in nodes:
             node.wait_ready()
+        ids = list(range(1, count + 1))
+        wait_until(lambda: all(cluster_formed("127.0.0.1", n.port, ids) for n in nodes), FORMED_TIMEOUT_S,
+                   interval_s=0.1, message="every node registered with an active controller")
         bootstrap = ",".join(n.bootstrap for n in nodes)
         print(f"kraft dev cluster of {count} nodes is up (data in {directory})")
         for i, node in enumerate(nodes, start=1):

@@ -74,16 +74,32 @@ def recv_exactly(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def api_versions_ok(host: str, port: int) -> bool:
-    """True when a node answers ApiVersions on host:port."""
+def probe(host: str, port: int, api_key: ApiKey, body: dict[str, Any]) -> dict[str, Any] | None:
+    """One request on a fresh connection; the response body, or None if the node did not answer."""
     try:
         with socket.create_connection((host, port), timeout=1.0) as sock:
-            sock.sendall(framing.encode_request(ApiKey.API_VERSIONS, 0, 1, "probe", {}))
+            sock.sendall(framing.encode_request(api_key, 0, 1, "probe", body))
             size = framing.check_frame_size(recv_exactly(sock, 4), PROBE_FRAME_BYTES_MAX)
-            correlation_id, body = framing.decode_response(recv_exactly(sock, size))
-            return correlation_id == 1 and body.get("error_code") == 0
+            correlation_id, response = framing.decode_response(recv_exactly(sock, size))
+            return response if correlation_id == 1 else None
     except (OSError, framing.FrameError):
+        return None
+
+
+def api_versions_ok(host: str, port: int) -> bool:
+    """True when a node answers ApiVersions on host:port."""
+    response = probe(host, port, ApiKey.API_VERSIONS, {})
+    return response is not None and response.get("error_code") == 0
+
+
+def cluster_formed(host: str, port: int, broker_ids: list[int]) -> bool:
+    """True when the node on host:port knows an active controller and every one of
+    ``broker_ids`` is registered and unfenced."""
+    response = probe(host, port, ApiKey.DESCRIBE_CLUSTER, {})
+    if response is None or response.get("error_code") or response.get("controller_id", -1) < 0:
         return False
+    live = {b["node_id"] for b in response.get("brokers", []) if not b.get("fenced")}
+    return live >= set(broker_ids)
 
 
 class NodeProcess:

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 from cluster.client import errors
 from cluster.client.connection import check_body_error
 from cluster.client.network import NetworkClient
-from cluster.client.structs import ClusterDescription, NewTopic, TopicDescription
+from cluster.client.structs import BrokerStatus, ClusterDescription, NewTopic, TopicDescription
 from cluster.protocol.api import RESOURCE_TYPE_TOPIC, ApiKey
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,12 @@ class Admin:
 
     # -- plumbing -----------------------------------------------------------------------
 
-    def _controller_request(self, api_key: int, body: dict, what: str) -> dict:
-        """Send to the controller (or any broker), retrying NOT_CONTROLLER-like errors."""
+    def _controller_request(self, api_key: int, body: dict, what: str, results_key: str) -> dict:
+        """Send to the controller (or any broker), retrying NOT_CONTROLLER-like errors.
+
+        A response whose every item failed with NOT_CONTROLLER (no controller elected yet,
+        or it moved) changed nothing, so it is retried like a whole failure.
+        """
         deadline = time.monotonic() + self.request_timeout_ms / 1000
         while True:
             controller = self._client.metadata.controller_id
@@ -53,6 +57,7 @@ class Admin:
                 else:
                     response = self._client.request_any(api_key, body)
                 check_body_error(response, what)
+                _raise_if_no_controller(response.get(results_key, []), what)
                 return response
             except errors.KraftError as exc:
                 if not exc.retriable or time.monotonic() + self._retry_backoff_s > deadline:
@@ -81,13 +86,13 @@ class Admin:
             "timeout_ms": self.request_timeout_ms if timeout_ms is None else timeout_ms,
             "validate_only": validate_only,
         }
-        response = self._controller_request(ApiKey.CREATE_TOPICS, body, "CreateTopics")
+        response = self._controller_request(ApiKey.CREATE_TOPICS, body, "CreateTopics", "topics")
         _raise_first(response.get("topics", []), "create topic")
 
     def delete_topics(self, names: Iterable[str], timeout_ms: int | None = None) -> None:
         body = {"topic_names": list(names),
                 "timeout_ms": self.request_timeout_ms if timeout_ms is None else timeout_ms}
-        response = self._controller_request(ApiKey.DELETE_TOPICS, body, "DeleteTopics")
+        response = self._controller_request(ApiKey.DELETE_TOPICS, body, "DeleteTopics", "responses")
         _raise_first(response.get("responses", []), "delete topic")
 
     def list_topics(self) -> list[str]:
@@ -120,11 +125,14 @@ class Admin:
         return {c["name"]: c.get("value") for c in result.get("configs", [])}
 
     def describe_cluster(self) -> ClusterDescription:
-        self._metadata([])
-        metadata = self._client.metadata
-        return ClusterDescription(
-            cluster_id=metadata.cluster_id or "", controller_id=metadata.controller_id,
-            brokers=tuple(sorted(metadata.brokers())))
+        response = self._client.request_any(ApiKey.DESCRIBE_CLUSTER, {})
+        check_body_error(response, "DescribeCluster")
+        brokers = tuple(sorted(
+            (BrokerStatus(b["node_id"], b["host"], b["port"], b.get("rack"), bool(b.get("fenced")))
+             for b in response.get("brokers", [])), key=lambda b: b.node_id))
+        return ClusterDescription(cluster_id=response.get("cluster_id", ""),
+                                  controller_id=response.get("controller_id", -1),
+                                  brokers=brokers, raft=response.get("raft"))
 
     def close(self) -> None:
         self._client.close()
@@ -134,6 +142,12 @@ class Admin:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+def _raise_if_no_controller(results: list[dict[str, Any]], what: str) -> None:
+    codes = [r.get("error_code", 0) for r in results]
+    if codes and all(code == errors.NOT_CONTROLLER for code in codes):
+        raise errors.error_for_code(codes[0], results[0].get("error_message") or what)
 
 
 def _raise_first(results: list[dict[str, Any]], what: str) -> None:

@@ -7,7 +7,7 @@ admin descriptions, which are frozen dataclasses.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class TopicPartition(NamedTuple):
@@ -72,7 +72,21 @@ class TopicDescription:
 
 
 @dataclass(frozen=True)
+class BrokerStatus:
+    node_id: int
+    host: str
+    port: int
+    rack: str | None
+    fenced: bool
+
+
+@dataclass(frozen=True)
 class ClusterDescription:
+    """What DescribeCluster answers: every registered broker (fenced or not), the active
+    controller (-1 when unknown) and the answering node's view of the metadata quorum
+    (``None`` on a single node without one)."""
+
     cluster_id: str
     controller_id: int
-    brokers: tuple[BrokerInfo, ...]
+    brokers: tuple[BrokerStatus, ...]
+    raft: dict[str, Any] | None = None

@@ -21,7 +21,7 @@ def test_create_list_describe_delete(admin: Admin, shared_node) -> None:
     assert configs["retention.ms"] == "60000"
     cluster = admin.describe_cluster()
     assert cluster.controller_id == 1
-    assert [(b.node_id, b.port) for b in cluster.brokers] == [(1, shared_node.port)]
+    assert [(b.node_id, b.port, b.fenced) for b in cluster.brokers] == [(1, shared_node.port, False)]
     admin.delete_topics(["orders", "audit"])
     assert not {"orders", "audit"} & set(admin.list_topics())
 

@@ -5,12 +5,18 @@
 It then reads one JSON request per stdin line and prints one JSON response per line:
 
     {"op": "status"}                          -> node_id, leader, controller_id, ready, offset,
-                                                 topics, brokers, notified_offset, term
-    {"op": "wait_ready", "timeout_s": 10}     -> {"ready": bool}
+                                                 topics, brokers, notified_offset, term,
+                                                 commit_index, first_ready
+    {"op": "wait_ready", "timeout_s": 10}     -> {"ready": bool, "offset": image offset then}
     {"op": "create_topic", "name": "t"}       -> {"ok": true, "offset": N} or
     {"op": "register", "broker_id": 1}           {"error": "NotControllerError", "controller_id": 2, ...}
     {"op": "bench_sync", "count": 200}        -> one append at a time: latency percentiles
     {"op": "bench_pipelined", "count": 2000, "threads": 8} -> appends/s from concurrent callers
+
+``first_ready`` is what a thread started right after the log opened saw when its
+``wait_ready`` first returned: ``{"ready": bool, "offset": image offset at that moment}``
+(``null`` until it returns). It shows whether the member ever called itself ready on an
+image that was behind.
 
 EOF on stdin closes the log and exits. Logs go to stderr.
 
@@ -41,6 +47,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUEST_TIMEOUT_S = 30.0
+FIRST_READY_TIMEOUT_S = 120.0  # how long the member's watcher waits for readiness
 
 # pysyncobj 0.3.17's own defaults, for the comparison runs.
 PYSYNCOBJ_DEFAULT_TIMING = {
@@ -95,6 +102,13 @@ def run_member(args: argparse.Namespace) -> int:
         notified["calls"] += 1
 
     log.subscribe(on_change)
+    first_ready: dict[str, Any] = {}
+
+    def watch_ready() -> None:
+        ready = log.wait_ready(FIRST_READY_TIMEOUT_S)
+        first_ready.update(ready=ready, offset=log.image.offset)
+
+    threading.Thread(target=watch_ready, name="watch-ready", daemon=True).start()
     out = sys.stdout
 
     def reply(message: dict[str, Any]) -> None:
@@ -121,6 +135,8 @@ def run_member(args: argparse.Namespace) -> int:
                 "controller_id": log.active_controller_id(),
                 "ready": log.status.ready,
                 "term": log.status.term,
+                "commit_index": log.status.commit_index,
+                "first_ready": dict(first_ready) or None,
                 "offset": image.offset,
                 "topics": sorted(image.topics_by_name),
                 "brokers": sorted(image.brokers),
@@ -128,7 +144,8 @@ def run_member(args: argparse.Namespace) -> int:
                 "failed": log.failed,
             })
         elif op == "wait_ready":
-            reply({"ready": log.wait_ready(float(request.get("timeout_s", 10)))})
+            ready = log.wait_ready(float(request.get("timeout_s", 10)))
+            reply({"ready": ready, "offset": log.image.offset})
         elif op == "create_topic":
             name = request["name"]
             reply(append([TopicRecord(topic_id=f"id-{name}", name=name)]))

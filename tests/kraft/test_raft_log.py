@@ -526,6 +526,44 @@ def test_all_voters_killed_and_restarted_keep_every_record(voters):
     assert any((m.data_dir / SNAPSHOT_FILE_NAME).exists() for m in members)
 
 
+# Enough appends that they span a good part of a second: pysyncobj saves its commit index
+# about once a second, so most of them lie past the commit index saved on disk.
+FULL_RESTART_RECORDS = 300
+FULL_RESTART_ATTEMPTS_MAX = 3
+
+
+@pytest.mark.timeout(180)
+def test_after_a_full_restart_no_voter_is_ready_behind_the_committed_log(voters):
+    # After kill -9 of every voter, each one replays its journal only up to the commit index
+    # it last saved, and the first leader of the new term starts out with its own stale
+    # commit index too. A voter that trusted that index would call itself ready on an image
+    # missing committed records.
+    members = voters()
+    for attempt in range(FULL_RESTART_ATTEMPTS_MAX):
+        leader = find_leader(members, 30)
+        leader.request("bench_sync", timeout_s=120, count=FULL_RESTART_RECORDS)
+        committed_offset = _status(leader)["offset"]
+        for member in members:
+            member.kill9()
+        replayed = [member.start()["offset"] for member in members]
+        if min(replayed) < committed_offset:
+            break  # some voter reopened behind the committed log: the case under test
+    else:
+        pytest.fail(f"every voter replayed the whole log {FULL_RESTART_ATTEMPTS_MAX} times; "
+                    "the stale commit index never showed")
+    for member in members:
+        answer = member.request("wait_ready", timeout_s=30)
+        assert answer["ready"] and answer["offset"] >= committed_offset, (member.node_id, answer)
+    for member in members:
+        wait_until(lambda: _status(member)["first_ready"] is not None, 30,
+                   message=f"voter {member.node_id}'s first wait_ready to return")
+        first_ready = _status(member)["first_ready"]
+        assert first_ready["ready"], (member.node_id, first_ready)
+        assert first_ready["offset"] >= committed_offset, (
+            f"voter {member.node_id} was ready at offset {first_ready['offset']}, "
+            f"{committed_offset} committed before the restart (replayed {replayed})")
+
+
 class _CreatesFileWhenUnpickled:
     def __init__(self, path: str) -> None:
         self.path = path
