@@ -48,6 +48,26 @@ voter neither applies nor answers its peers. They must not call ``append`` (refu
 ``MetadataLogError``: it would wait for the thread it blocks). Subscribe first, then read
 ``image``: every change after ``subscribe`` returned reaches the callback.
 
+Readiness
+---------
+``wait_ready`` (and ``status.ready``) says that this voter's image holds everything that
+was committed when the current leader was elected, so the node may act on it. A voter
+becomes ready in term T once a leader of T is known, it has applied an entry of term T,
+and it has applied at least up to the commit index the leader sent in T; it stays ready
+until the term changes or the leader is lost (later lag is ordinary replication lag).
+
+The commit index alone cannot be trusted. pysyncobj saves it with the term only about once
+a second, so after every voter is killed each reopens at a stale commit index, and the
+first leader of the new term starts from its own stale index too, and its heartbeats
+would tell followers that an image hundreds of records behind is complete (300 appends in
+under a second, then kill -9 of all three voters: they reopen at offsets such as 128, 180
+and 242, and a follower trusting the commit index is ready at 180 of 300). The term
+check closes that hole with Raft's own rule: a new leader first appends a no-op, and an
+entry of the current term commits only together with every entry before it. The first
+entry of term T in any voter's log is that no-op, so having applied an entry of term T
+means nothing committed before the election is missing. On the leader the same test means
+its no-op is committed and applied, so ``append`` validates against a complete image.
+
 Hardening of pysyncobj (0.3.17)
 -------------------------------
 * The Raft port listens only on ``bind_address`` (pysyncobj listens on 0.0.0.0 unless
@@ -339,6 +359,20 @@ def _split_address(address: str, key: str) -> tuple[str, int]:
 # -- pysyncobj shell ------------------------------------------------------------------------
 
 
+def _caught_up_in_term(sync_obj: SyncObj, term: int, last_applied: int) -> bool:
+    """Whether this voter has applied an entry of ``term`` and everything up to the commit
+    index the leader of ``term`` sent (the leader's own commit index on the leader).
+
+    The first entry of a term in any log is its leader's no-op, which commits only together
+    with every entry before it; so an applied entry of the current term means nothing
+    committed in an earlier term is missing, whatever commit index was saved on disk."""
+    leader_commit = sync_obj._SyncObj__leaderCommitIndex  # type: ignore[attr-defined]
+    if leader_commit is None or last_applied < leader_commit:
+        return False
+    entries = sync_obj._SyncObj__getEntries(last_applied, 1)  # type: ignore[attr-defined]
+    return bool(entries) and entries[0][2] == term
+
+
 class _DurableJournal:
     """Wraps pysyncobj's ``FileJournal``: remembers unsynced changes (``dirty``) and syncs
     them on demand, and makes every term/vote write durable before it returns. With
@@ -419,7 +453,7 @@ class _PendingAppend:
 
 @dataclass(frozen=True)
 class RaftStatus:
-    """What the tick thread last saw; read from any thread."""
+    """What the tick thread last saw; read from any thread. ``ready``: see "Readiness"."""
 
     node_id: int
     is_leader: bool = False
@@ -451,6 +485,7 @@ class RaftMetadataLog:
         self._tick_thread: threading.Thread | None = None
         self._tick_thread_ident: int | None = None  # set by the tick thread itself
         self._snapshot_written = False
+        self._ready_term: int | None = None  # the term in which this voter caught up
         self._deferred: list[tuple[Callable[[Any, Any], bool], Any, Any]] = []
 
         os.makedirs(config.data_dir, exist_ok=True)
@@ -568,8 +603,10 @@ class RaftMetadataLog:
         return None if leader is None else self.config.voter_id(str(leader.id))
 
     def wait_ready(self, timeout_s: float) -> bool:
-        """True once a leader is known and this voter has applied the log up to the leader's
-        commit index (on the leader: up to its own first entry of the current term)."""
+        """True once a leader is known and this voter has caught up in the current term:
+        it has applied the leader's first entry of the term (its no-op) and at least up to
+        the commit index the leader sent in this term. See "Readiness" in the module
+        docstring. False when ``timeout_s`` passes first or the log is closed or failed."""
         deadline = time.monotonic() + timeout_s
         with self._tick_condition:
             while not self._status.ready:
@@ -677,20 +714,20 @@ class RaftMetadataLog:
                         self.config.node_id, sync_obj.raftCurrentTerm)
         leader = sync_obj._getLeader()
         last_applied = sync_obj.raftLastApplied
+        term = sync_obj.raftCurrentTerm
         if leader is None:
-            ready = False
-        elif is_leader:
-            noop_index = sync_obj._SyncObj__noopIDx  # type: ignore[attr-defined]
-            ready = noop_index is not None and last_applied >= noop_index
-        else:
-            leader_commit = sync_obj._SyncObj__leaderCommitIndex  # type: ignore[attr-defined]
-            ready = leader_commit is not None and last_applied >= leader_commit
+            self._ready_term = None
+        elif self._ready_term != term and _caught_up_in_term(sync_obj, term, last_applied):
+            self._ready_term = term
+            logger.info("node %d is ready in term %d at metadata offset %d (raft index %d)",
+                        self.config.node_id, term, self._image.offset, last_applied)
+        ready = leader is not None and self._ready_term == term
         status = RaftStatus(
             node_id=self.config.node_id,
             is_leader=is_leader,
             controller_id=None if leader is None else self.config.voter_id(str(leader.id)),
             ready=ready and self._failed is None,
-            term=sync_obj.raftCurrentTerm,
+            term=term,
             commit_index=sync_obj.raftCommitIndex,
             last_applied=last_applied,
             offset=self._image.offset,

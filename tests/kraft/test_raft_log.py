@@ -564,6 +564,34 @@ def test_after_a_full_restart_no_voter_is_ready_behind_the_committed_log(voters)
             f"{committed_offset} committed before the restart (replayed {replayed})")
 
 
+@pytest.mark.timeout(120)
+def test_a_voter_restarted_with_a_stale_log_is_not_elected(voters):
+    # Raft's election restriction: a voter refuses its vote to a candidate whose log is
+    # behind its own. The stale voter starts first, so its election timeout runs out first
+    # and it asks for the other's vote as soon as they connect; it must not get it.
+    members = voters()
+    _create(members, "before")
+    leader = find_leader(members, 30)
+    stale = next(m for m in members if m is not leader)
+    stale.kill9()
+    survivors = [m for m in members if m is not stale]
+    names = [f"while-down-{i}" for i in range(5)]
+    for name in names:
+        _create(survivors, name)
+    _wait_for_topics(survivors, names)
+    for member in survivors:
+        member.kill9()
+    up_to_date = survivors[0]
+    log_bytes_before = stale.log_path.stat().st_size
+    assert stale.start()["offset"] <= 1  # it has "before" at most
+    up_to_date.start()
+    assert find_leader([stale, up_to_date], 30).node_id == up_to_date.node_id
+    _wait_for_topics([stale, up_to_date], ["before"] + names)
+    assert stale.request("wait_ready", timeout_s=20) == {"ready": True, "offset": 1 + len(names)}
+    restarted_log = stale.log_path.read_bytes()[log_bytes_before:].decode()
+    assert "became the active controller" not in restarted_log
+
+
 class _CreatesFileWhenUnpickled:
     def __init__(self, path: str) -> None:
         self.path = path
