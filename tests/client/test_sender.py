@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from cluster.client import Producer, errors
+from cluster.launcher import wait_until
 from cluster.protocol import framing
 from cluster.protocol.api import ApiKey
 from storage.batch import decode_batch, split_batches
@@ -113,6 +114,8 @@ def test_acks_zero_completes_without_a_response() -> None:
             futures = [producer.send("t", value=b"%d" % i) for i in range(10)]
             producer.flush(timeout=30)
             assert all(f.get(timeout=1).offset == -1 for f in futures)
+        # acks=0 completes once the bytes are written; the broker reads them when it can
+        wait_until(lambda: cluster.acks_seen, 10, message="the broker to read the produce request")
         assert set(cluster.acks_seen) == {0}
     finally:
         cluster.broker.close()
