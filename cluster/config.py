@@ -19,9 +19,13 @@ what was wrong, e.g.::
     node.toml line 3: message_max_bytes must be a positive integer, got "abc"
 
 Keys that only make sense together are checked after each key on its own: with
-``controller_quorum_voters`` set (a multi-node cluster), the voters must include
-``node_id``, ``controller_listener`` must be given and use this voter's port, and exactly
-one of ``cluster_password`` / ``cluster_password_file`` must be set. A password file is
+``controller_quorum_voters`` set (a multi-node cluster), a node whose ``node_id`` is a
+voter must give ``controller_listener`` at this voter's port; a node that is not a voter is
+broker-only: it must not set ``controller_listener`` and must set
+``controller_quorum_bootstrap_servers`` (the voters' client listeners, where it fetches
+metadata). Either way exactly one of ``cluster_password`` / ``cluster_password_file`` must
+be set (a broker-only node sends it nowhere yet; it marks the node as configured for this
+cluster, whose id every node derives from the voters list). A password file is
 read here (its contents stripped), so a missing or empty file is reported like a bad
 value, with its key's line; ``cluster_password`` then holds what the file said.
 
@@ -74,6 +78,8 @@ class NodeConfig:
     # The multi-node cluster (unset: the embedded single-node metadata log).
     controller_listener: str | None = None
     controller_quorum_voters: tuple[str, ...] = field(default_factory=tuple)
+    # The voters' client listeners ("host:port"), where a broker-only node fetches metadata.
+    controller_quorum_bootstrap_servers: tuple[str, ...] = field(default_factory=tuple)
     cluster_password: str | None = None
     cluster_password_file: str | None = None
     # Broker lifecycle: a broker silent for broker_session_timeout_ms is fenced. With the
@@ -88,6 +94,12 @@ class NodeConfig:
     def is_multi_node(self) -> bool:
         """True when the metadata lives in a Raft group of ``controller_quorum_voters``."""
         return bool(self.controller_quorum_voters)
+
+    @property
+    def is_broker_only(self) -> bool:
+        """True for a node of a multi-node cluster that is not a voter: it runs no Raft and
+        follows the metadata of the controllers (``cluster.metadata_follower``)."""
+        return self.is_multi_node and self.node_id not in self.voters
 
     @property
     def voters(self) -> dict[int, str]:
@@ -214,6 +226,17 @@ def _quorum_voters(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _host_port_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise _Bad(f'must be a list of "host:port" strings, got {_show(value)}')
+    for address in value:
+        try:
+            _host_port(address)
+        except _Bad:
+            raise _Bad(f'must be a list of "host:port" strings, got {_show(address)}') from None
+    return tuple(value)
+
+
 # key -> (check, how an environment string becomes a value of the key's type)
 def _env_int(text: str) -> Any:
     try:
@@ -263,6 +286,7 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Callable[[str], Any]]] = {
     "fetch_max_wait_ms_max": (_non_negative, _env_int),
     "controller_listener": (_optional(_host_port), _env_optional_str),
     "controller_quorum_voters": (_quorum_voters, _env_list),
+    "controller_quorum_bootstrap_servers": (_host_port_list, _env_list),
     "cluster_password": (_optional(_non_empty_string), _env_optional_str),
     "cluster_password_file": (_optional(_non_empty_string), _env_optional_str),
     "broker_heartbeat_interval_ms": (_positive, _env_int),
@@ -333,29 +357,16 @@ def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str
 def _check_cluster(config: NodeConfig, where: Callable[[str], str]) -> NodeConfig:
     """The cross-key rules of a multi-node config; reads the password file."""
     if not config.is_multi_node:
+        if config.controller_quorum_bootstrap_servers:
+            raise ConfigError(
+                f"{where('controller_quorum_bootstrap_servers')}: controller_quorum_bootstrap_servers "
+                "must not be set without controller_quorum_voters"
+            )
         return config
-    voters = config.voters
-    if config.node_id not in voters:
-        raise ConfigError(
-            f"{where('controller_quorum_voters')}: controller_quorum_voters must include node_id "
-            f"{config.node_id}, got voters {sorted(voters)}"
-        )
-    if config.controller_listener is None:
-        raise ConfigError(
-            f"{where('controller_quorum_voters')}: controller_listener must be set when "
-            "controller_quorum_voters is set (this node is a voter)"
-        )
-    own_port = split_host_port(voters[config.node_id])[1]
-    if split_host_port(config.controller_listener)[1] != own_port:
-        raise ConfigError(
-            f"{where('controller_listener')}: controller_listener must use this voter's port {own_port} "
-            f"(from controller_quorum_voters), got {_show(config.controller_listener)}"
-        )
-    if config.controller_listener == config.listeners:
-        raise ConfigError(
-            f"{where('controller_listener')}: controller_listener must differ from listeners, "
-            f"got {_show(config.controller_listener)} for both"
-        )
+    if config.is_broker_only:
+        _check_broker_only(config, where)
+    else:
+        _check_voter(config, where)
     if (config.cluster_password is None) == (config.cluster_password_file is None):
         raise ConfigError(
             f"{where('controller_quorum_voters')}: exactly one of cluster_password and "
@@ -376,3 +387,47 @@ def _check_cluster(config: NodeConfig, where: Callable[[str], str]) -> NodeConfi
             )
         config = dataclasses.replace(config, cluster_password=password)
     return config
+
+
+def _check_voter(config: NodeConfig, where: Callable[[str], str]) -> None:
+    """A voter runs Raft on controller_listener, at the port the voters list gives it."""
+    if config.controller_listener is None:
+        raise ConfigError(
+            f"{where('controller_quorum_voters')}: controller_listener must be set when "
+            "controller_quorum_voters is set (this node is a voter)"
+        )
+    own_port = split_host_port(config.voters[config.node_id])[1]
+    if split_host_port(config.controller_listener)[1] != own_port:
+        raise ConfigError(
+            f"{where('controller_listener')}: controller_listener must use this voter's port {own_port} "
+            f"(from controller_quorum_voters), got {_show(config.controller_listener)}"
+        )
+    if config.controller_listener == config.listeners:
+        raise ConfigError(
+            f"{where('controller_listener')}: controller_listener must differ from listeners, "
+            f"got {_show(config.controller_listener)} for both"
+        )
+
+
+def _check_broker_only(config: NodeConfig, where: Callable[[str], str]) -> None:
+    """A node not in the voters list runs no Raft: no controller listener, and it must know
+    the voters' client listeners to fetch metadata from. It still needs the cluster password
+    (checked by the caller) to be configured as a member of the same cluster, although it
+    sends the password nowhere today: it never speaks Raft."""
+    if config.controller_listener is not None:
+        raise ConfigError(
+            f"{where('controller_listener')}: controller_listener must not be set on a broker-only node "
+            f"(node_id {config.node_id} is not in controller_quorum_voters {sorted(config.voters)}), "
+            f"got {_show(config.controller_listener)}"
+        )
+    if not config.controller_quorum_bootstrap_servers:
+        raise ConfigError(
+            f"{where('controller_quorum_voters')}: controller_quorum_bootstrap_servers (the voters' client "
+            f"listeners) must be set on a broker-only node (node_id {config.node_id} is not in "
+            f"controller_quorum_voters {sorted(config.voters)})"
+        )
+    if config.listeners in config.controller_quorum_bootstrap_servers:
+        raise ConfigError(
+            f"{where('controller_quorum_bootstrap_servers')}: controller_quorum_bootstrap_servers must not "
+            f"list this broker-only node's own listeners {_show(config.listeners)}"
+        )

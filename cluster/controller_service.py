@@ -38,6 +38,7 @@ import time
 from typing import Callable, Sequence, TypeVar
 
 from cluster.config import NodeConfig
+from cluster.metadata_follower import RemoteMetadataLog
 from kraft import controller, lifecycle
 from kraft.image import MetadataImage
 from kraft.local_log import MetadataLogError
@@ -66,7 +67,9 @@ class ControllerService:
         self.node_id = config.node_id
         self.cluster_id = cluster_id
         self.metadata = metadata
-        self.raft: RaftMetadataLog | None = metadata if isinstance(metadata, RaftMetadataLog) else None
+        # A broker-only node's log follows the voters: never active, it names the controller.
+        self.raft: RaftMetadataLog | RemoteMetadataLog | None = (
+            metadata if isinstance(metadata, (RaftMetadataLog, RemoteMetadataLog)) else None)
         self.lock = asyncio.Lock()
         self.tracker = lifecycle.HeartbeatTracker(config.broker_session_timeout_ms)
         self._acting = False  # this voter is running the active controller's timers

@@ -42,6 +42,7 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from cluster.config import NodeConfig
 from cluster.controller_service import ControllerService
+from cluster.metadata_follower import METADATA_FETCH_WAIT_MS_MAX, metadata_fetch_response
 from cluster.partitions import PartitionKey, PartitionManager
 from cluster.peer import PeerClient, PeerError
 from cluster.protocol import errors
@@ -150,6 +151,7 @@ class RequestHandlers:
             ApiKey.DESCRIBE_CLUSTER: self.describe_cluster,
             ApiKey.BROKER_REGISTRATION: self.broker_registration,
             ApiKey.BROKER_HEARTBEAT: self.broker_heartbeat,
+            ApiKey.METADATA_FETCH: self.metadata_fetch,
         }
 
     async def handle(self, header: RequestHeader, body: Any) -> Body | None:
@@ -447,6 +449,19 @@ class RequestHandlers:
         except (MetadataLogError, ValueError) as exc:
             return {"error_code": errors.REQUEST_TIMED_OUT, "error_message": str(exc)}
         return {"error_code": errors.NONE, "error_message": None}
+
+    async def metadata_fetch(self, body: Any) -> Body:
+        """A broker-only node follows this voter's image (``cluster.metadata_follower``)."""
+        after_offset = _field(body, "after_offset", int)
+        if after_offset < 0:
+            raise errors.InvalidRequestError(f"field 'after_offset' must be >= 0, got {after_offset}")
+        wait_ms = min(max(0, _field(body, "max_wait_ms", int, default=0)), METADATA_FETCH_WAIT_MS_MAX)
+        raft = self.controller.raft
+        is_voter, ready = not self.config.is_broker_only, raft is None or raft.status.ready
+        if is_voter and ready and wait_ms > 0 and self.metadata.image.offset <= after_offset:
+            await self.partitions.wait_for_image(lambda: self.metadata.image.offset > after_offset, wait_ms / 1000)
+        return metadata_fetch_response(self.metadata.image, after_offset, self.controller.controller_id(),
+                                       is_voter=is_voter, ready=ready)
 
     async def broker_heartbeat(self, body: Any) -> Body:
         broker_id = _field(body, "broker_id", int)

@@ -17,7 +17,9 @@ Theory of operation
 
 With no ``controller_quorum_voters`` the node is its own cluster (the embedded default):
 a LocalMetadataLog, and the node registers and unfences itself before it listens. With
-voters the metadata lives in a Raft group (``kraft.raft_log``); the cluster id is derived
+voters the metadata lives in a Raft group (``kraft.raft_log``) — or, on a broker-only node
+(not a voter), in a copy fetched from the voters (``cluster.metadata_follower``), with the
+same lifecycle below; the cluster id is derived
 from the voter list, so every node of one cluster computes the same one. The node listens
 at once (it answers Metadata from whatever image it has replayed) and, in the background,
 waits for the quorum, registers with the active controller (BrokerRegistration, over the
@@ -49,6 +51,7 @@ from pathlib import Path
 from cluster.config import NodeConfig, load_config
 from cluster.controller_service import ControllerService
 from cluster.handlers import RequestHandlers
+from cluster.metadata_follower import RemoteMetadataConfig, RemoteMetadataLog
 from cluster.partitions import PartitionManager
 from cluster.peer import PeerClient, PeerError
 from cluster.protocol import errors
@@ -132,6 +135,8 @@ class Node:
         config = self.config
         if not config.is_multi_node:
             return LocalMetadataLog(self.data_dir / "metadata")
+        if config.is_broker_only:
+            return RemoteMetadataLog(RemoteMetadataConfig(config.node_id, config.controller_quorum_bootstrap_servers))
         assert config.controller_listener is not None and config.cluster_password is not None
         return RaftMetadataLog(RaftConfig(
             node_id=config.node_id,
@@ -194,7 +199,7 @@ class Node:
 
     async def _broker_lifecycle(self) -> None:
         """Wait for the quorum, then register and heartbeat to the active controller forever."""
-        assert isinstance(self.metadata, RaftMetadataLog)
+        assert isinstance(self.metadata, (RaftMetadataLog, RemoteMetadataLog))
         metadata = self.metadata
         while not self._stopping and not await asyncio.to_thread(metadata.wait_ready, QUORUM_WAIT_SLICE_S):
             if metadata.failed is not None:

@@ -251,13 +251,16 @@ def truncation_offset(local_epoch_entries: Sequence[tuple[int, int]], local_leo:
     if not local_epoch_entries:
         return Truncation(local_leo, True)  # nothing of any epoch to diverge
     leader_epoch, leader_end = leader_epoch_end
+    first_start = local_epoch_entries[0][1]
     if leader_epoch == UNDEFINED_EPOCH or leader_end == UNDEFINED_EPOCH_OFFSET:
-        # The leader has no epoch as old as ours: nothing we hold is in its log.
-        return Truncation(0, True)
+        # The leader has no epoch as old as our latest one, nor any older: every record we
+        # hold is from an epoch it never saw.
+        return Truncation(min(first_start, local_leo), True)
     local_epoch, local_end = end_offset_for_epoch(local_epoch_entries, local_leo, leader_epoch)
     if local_epoch == UNDEFINED_EPOCH:
-        # Our oldest epoch is newer than the leader's answer: keep only what it has.
-        return Truncation(min(leader_end, local_leo), True)
+        # All our epochs are newer than the leader's answer, which is the newest epoch it
+        # shares with us: none of our records is in its log.
+        return Truncation(min(first_start, leader_end, local_leo), True)
     if local_epoch != leader_epoch:
         # We never saw the leader's epoch: cut to the end of our older one and ask again.
         return Truncation(min(local_end, local_leo), False)

@@ -97,6 +97,21 @@ BrokerHeartbeat (63)   node to the active controller, every broker_heartbeat_int
     is_registered false: the controller does not know the broker; it must register
     again. A fenced broker's heartbeat unfences it (is_fenced tells the state after the
     heartbeat was handled).
+
+MetadataFetch (1000)   broker-only node to a voter's client listener (not a Kafka API)
+    request  {"after_offset": int, "max_wait_ms": int (optional, capped by the voter)}
+    response {"error_code", "error_message": str | None, "offset": int,
+              "records": [bin] | None, "snapshot": bin | None, "controller_id": int}
+    The voter answers with what it has applied: "offset" is its image's metadata offset;
+    "records" (encoded metadata records) are exactly those after "after_offset" up to
+    "offset" when it can give them, otherwise "snapshot" is its whole image (msgpack of
+    kraft.raft_snapshot.image_to_plain) and "records" is None. Nothing newer than
+    "after_offset": "records" is [] and "snapshot" None, after waiting up to "max_wait_ms"
+    for a change (long poll). "controller_id" is the active controller the voter knows
+    (-1 = none). LEADER_NOT_AVAILABLE when the voter has not caught up with a quorum
+    leader (its image may miss committed records); NOT_CONTROLLER from a node that is not
+    a voter. Voters may be at different offsets: the fetcher ignores an answer older than
+    the image it has.
 """
 
 from __future__ import annotations
@@ -116,6 +131,7 @@ class ApiKey(IntEnum):
     DESCRIBE_CLUSTER = 60
     BROKER_REGISTRATION = 62
     BROKER_HEARTBEAT = 63
+    METADATA_FETCH = 1000  # kraft's own: outside Kafka's numbering, for its later listener
 
 
 # (min_version, max_version) the node serves for each API.

@@ -138,6 +138,8 @@ BAD_VALUES = [
     ("controller_quorum_voters", '"1@h:9093"'),
     ("controller_quorum_voters", '["h:9093"]'),
     ("controller_quorum_voters", '["1@h:9093", "1@g:9093"]'),
+    ("controller_quorum_bootstrap_servers", '"h:9092"'),
+    ("controller_quorum_bootstrap_servers", '["h"]'),
     ("cluster_password", '""'),
     ("cluster_password_file", '""'),
     ("broker_heartbeat_interval_ms", "0"),
@@ -227,7 +229,7 @@ def test_empty_password_file_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("replace,key,words", [
-    (("node_id = 1", "node_id = 4"), "controller_quorum_voters", "must include node_id 4"),
+    (("node_id = 1", "node_id = 4"), "controller_listener", "must not be set on a broker-only node"),
     (('controller_listener = "127.0.0.1:9093"\n', ""), "controller_quorum_voters", "controller_listener must be set"),
     (('controller_listener = "127.0.0.1:9093"', 'controller_listener = "127.0.0.1:9999"'), "controller_listener",
      "must use this voter's port 9093"),
@@ -250,3 +252,47 @@ def test_session_timeout_must_exceed_the_heartbeat_interval(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as info:
         load_config(path, environ={})
     assert "line 2: broker_session_timeout_ms must be greater than broker_heartbeat_interval_ms" in info.value.message
+
+
+# -- broker-only nodes: not in the voters list ----------------------------------------------
+
+BROKER_ONLY = """node_id = 4
+listeners = "127.0.0.1:9492"
+controller_quorum_voters = ["1@127.0.0.1:9093", "2@127.0.0.1:9193", "3@127.0.0.1:9293"]
+controller_quorum_bootstrap_servers = ["127.0.0.1:9092", "127.0.0.1:9192"]
+"""
+
+
+def test_a_node_outside_the_voters_is_broker_only(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, BROKER_ONLY + 'cluster_password = "pw"\n'), environ={})
+    assert config.is_multi_node and config.is_broker_only
+    assert config.controller_listener is None
+    assert config.controller_quorum_bootstrap_servers == ("127.0.0.1:9092", "127.0.0.1:9192")
+    voter = load_config(write(tmp_path, CLUSTER + 'cluster_password = "pw"\n'), environ={})
+    assert voter.is_multi_node and not voter.is_broker_only and not NodeConfig().is_broker_only
+
+
+def test_bootstrap_servers_come_from_the_environment_too(tmp_path: Path) -> None:
+    path = write(tmp_path, BROKER_ONLY.replace("controller_quorum_bootstrap_servers", "# none") + 'cluster_password = "pw"\n')
+    config = load_config(path, environ={"KRAFT_CONTROLLER_QUORUM_BOOTSTRAP_SERVERS": "h1:9092, h2:9092"})
+    assert config.controller_quorum_bootstrap_servers == ("h1:9092", "h2:9092")
+
+
+@pytest.mark.parametrize("text,key,words", [
+    (BROKER_ONLY + 'controller_listener = "127.0.0.1:9493"\ncluster_password = "pw"\n', "controller_listener",
+     "controller_listener must not be set on a broker-only node (node_id 4 is not in controller_quorum_voters"),
+    (BROKER_ONLY.replace("controller_quorum_bootstrap_servers", "# none") + 'cluster_password = "pw"\n',
+     "controller_quorum_voters", "controller_quorum_bootstrap_servers (the voters' client listeners) must be set"),
+    (BROKER_ONLY, "controller_quorum_voters", "exactly one of cluster_password and cluster_password_file"),
+    (BROKER_ONLY.replace("9192", "9492") + 'cluster_password = "pw"\n', "controller_quorum_bootstrap_servers",
+     "must not list this broker-only node's own listeners"),
+    ('controller_quorum_bootstrap_servers = ["127.0.0.1:9092"]\n', "controller_quorum_bootstrap_servers",
+     "must not be set without controller_quorum_voters"),
+])
+def test_broker_only_rules_name_the_key_and_line(tmp_path: Path, text: str, key: str, words: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if l.startswith(key + " ="))
+    assert info.value.message.startswith(f"{path} line {line}: "), info.value.message
+    assert words in info.value.message

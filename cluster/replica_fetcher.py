@@ -1,0 +1,276 @@
+"""Follower side of replication: one fetcher per source broker, copying many partitions.
+
+Theory of operation
+-------------------
+A node that follows partitions led by broker B runs ONE ``SourceFetcher`` for B, whatever
+the number of partitions (Kafka's one fetch session per source broker). The replica
+manager tells it what to follow (``assign`` with the leader epoch from the metadata image,
+``remove`` when this node stops following there); the fetcher owns, per partition, whether
+the log still has to be truncated for the current leader epoch.
+
+One round (``run_once``):
+
+    partitions not truncated yet --OffsetsForLeaderEpoch(latest local epoch)--> leader
+        answer (epoch, end offset) --replication.truncation_offset--> truncate_to(...)
+        (repeated while the answer says another round is needed; bounded)
+    truncated partitions --Fetch(replica_id = this node, fetch_offset = log end offset,
+        current_leader_epoch)--> leader, which long-polls up to ``max_wait_ms``
+        response batches --append(batch, assign_offsets=False)--> local log (the leader's
+        offsets and epochs are kept), then the high watermark = min(leader's, log end)
+
+The fetch offset a follower sends is its log end offset, i.e. the offset after the last
+batch it has durably appended: that is what the leader counts toward the high watermark.
+A partition whose leader answers FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH or
+NOT_LEADER_OR_FOLLOWER is parked until the metadata names a new leader epoch (``assign``
+again). A failed call to the source broker parks nothing: the fetcher backs off
+(``FETCH_BACKOFF_MS``) and retries.
+
+I/O goes through two small ports so that the logic is tested without sockets:
+``ReplicaTransport.call(broker_id, api_key, body, timeout_ms)`` and the ``ReplicaLog`` part
+of ``storage.log.PartitionLog`` that a follower uses.
+
+Wire shapes (requests are msgpack maps like every other API):
+
+    OffsetsForLeaderEpoch (23)
+        request  {"replica_id", "topics": [{"name", "partitions": [{"index",
+                  "current_leader_epoch", "leader_epoch"}]}]}
+        response {"topics": [{"name", "partitions": [{"index", "error_code",
+                  "leader_epoch", "end_offset"}]}]}
+    Fetch (1) with "replica_id" = the follower's broker id, as in ``cluster.protocol.api``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from dataclasses import dataclass
+from typing import Any, Awaitable, Protocol
+
+from cluster.peer import PeerError
+from cluster.protocol import errors
+from cluster.protocol.api import ApiKey
+from cluster.replication import follower_high_watermark, latest_epoch, truncation_offset
+from storage import batch as batch_codec
+
+logger = logging.getLogger(__name__)
+
+OFFSETS_FOR_LEADER_EPOCH_API_KEY = 23  # Kafka's number; not yet in cluster.protocol.api
+FETCH_MAX_WAIT_MS = 500
+FETCH_MIN_BYTES = 1
+FETCH_MAX_BYTES = 16 << 20
+PARTITION_FETCH_MAX_BYTES = 1 << 20
+FETCH_BACKOFF_MS = 100
+TRUNCATION_ROUNDS_MAX = 16  # each round lowers the latest local epoch; far more than needed
+CALL_TIMEOUT_MARGIN_MS = 5000  # a call may take the long poll plus this
+
+PartitionKey = tuple[str, int]  # (topic_id, partition index), as in cluster.partitions
+
+# Errors after which the partition waits for the metadata to name a new leader epoch.
+PARKING_ERRORS = frozenset({
+    errors.FENCED_LEADER_EPOCH, errors.UNKNOWN_LEADER_EPOCH, errors.NOT_LEADER_OR_FOLLOWER,
+    errors.UNKNOWN_TOPIC_OR_PARTITION,
+})
+
+
+class ReplicaTransport(Protocol):
+    def call(self, broker_id: int, api_key: int, body: dict[str, Any],
+             timeout_ms: int) -> Awaitable[dict[str, Any]]: ...
+
+
+class ReplicaLog(Protocol):
+    @property
+    def log_end_offset(self) -> int: ...
+
+    @property
+    def high_watermark(self) -> int: ...
+
+    def set_high_watermark(self, offset: int) -> None: ...
+
+    def leader_epoch_entries(self) -> list[tuple[int, int]]: ...
+
+    def append(self, batch: bytes | memoryview, leader_epoch: int, *,
+               assign_offsets: bool = True) -> concurrent.futures.Future[Any]: ...
+
+    def truncate_to(self, offset: int) -> concurrent.futures.Future[None]: ...
+
+
+@dataclass
+class FollowedPartition:
+    topic_id: str
+    topic: str  # the name, as the wire speaks it
+    index: int
+    leader_epoch: int
+    log: ReplicaLog
+    truncated: bool = False  # truncation for ``leader_epoch`` done
+    parked: bool = False  # the leader refused us: wait for new metadata
+
+    @property
+    def key(self) -> PartitionKey:
+        return (self.topic_id, self.index)
+
+
+class SourceFetcher:
+    """Copies every partition this node follows from one source broker."""
+
+    def __init__(self, node_id: int, source_id: int, transport: ReplicaTransport, *,
+                 max_wait_ms: int = FETCH_MAX_WAIT_MS,
+                 partition_max_bytes: int = PARTITION_FETCH_MAX_BYTES) -> None:
+        self.node_id = node_id
+        self.source_id = source_id
+        self._transport = transport
+        self._max_wait_ms = max_wait_ms
+        self._partition_max_bytes = partition_max_bytes
+        self.partitions: dict[PartitionKey, FollowedPartition] = {}
+        self._changed = asyncio.Event()
+
+    # -- what to follow -------------------------------------------------------------------
+
+    def assign(self, partition: FollowedPartition) -> None:
+        """Follow ``partition`` (again): a new leader epoch means truncating first."""
+        current = self.partitions.get(partition.key)
+        if current is not None and current.leader_epoch == partition.leader_epoch \
+                and current.log is partition.log:
+            return
+        self.partitions[partition.key] = partition
+        self._changed.set()
+
+    def remove(self, key: PartitionKey) -> None:
+        self.partitions.pop(key, None)
+
+    # -- one round ------------------------------------------------------------------------
+
+    async def run_once(self) -> bool:
+        """Truncate what needs it, then fetch once. False when the source could not be
+        reached (the caller backs off)."""
+        try:
+            await self._truncate_pending()
+            active = [p for p in self.partitions.values() if p.truncated and not p.parked]
+            if not active:
+                return True
+            await self._fetch(active)
+            return True
+        except (PeerError, OSError, asyncio.TimeoutError, errors.KafkaError,
+                batch_codec.CorruptBatchError) as exc:
+            logger.warning("node %d fetch from broker %d failed: %s", self.node_id, self.source_id, exc)
+            return False
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Fetch until ``stopping`` is set."""
+        while not stopping.is_set():
+            if not any(not p.parked for p in self.partitions.values()):
+                self._changed.clear()
+                await _wait_any(stopping, self._changed, FETCH_BACKOFF_MS)
+                continue
+            if not await self.run_once():
+                await _wait_any(stopping, None, FETCH_BACKOFF_MS)
+
+    async def _truncate_pending(self) -> None:
+        for _ in range(TRUNCATION_ROUNDS_MAX):
+            pending = [p for p in self.partitions.values() if not p.truncated and not p.parked]
+            if not pending:
+                return
+            by_topic: dict[str, list[dict[str, Any]]] = {}
+            for p in pending:
+                by_topic.setdefault(p.topic, []).append({
+                    "index": p.index, "current_leader_epoch": p.leader_epoch,
+                    "leader_epoch": latest_epoch(p.log.leader_epoch_entries()),
+                })
+            response = await self._transport.call(
+                self.source_id, OFFSETS_FOR_LEADER_EPOCH_API_KEY,
+                {"replica_id": self.node_id,
+                 "topics": [{"name": n, "partitions": parts} for n, parts in by_topic.items()]},
+                CALL_TIMEOUT_MARGIN_MS)
+            answers = _by_partition(response)
+            for p in pending:
+                answer = answers.get((p.topic, p.index))
+                if answer is None:
+                    continue
+                code = answer.get("error_code", errors.UNKNOWN_SERVER_ERROR)
+                if code != errors.NONE:
+                    self._refused(p, code)
+                    continue
+                entries = p.log.leader_epoch_entries()
+                leo = p.log.log_end_offset
+                decision = truncation_offset(entries, leo, (answer["leader_epoch"], answer["end_offset"]))
+                if decision.offset < leo:
+                    await asyncio.wrap_future(p.log.truncate_to(decision.offset))
+                    logger.info("node %d truncated %s-%d from %d to %d following broker %d at epoch %d",
+                                self.node_id, p.topic, p.index, leo, decision.offset,
+                                self.source_id, p.leader_epoch)
+                    p.log.set_high_watermark(min(p.log.high_watermark, p.log.log_end_offset))
+                p.truncated = decision.complete
+        raise AssertionError(f"truncation did not converge in {TRUNCATION_ROUNDS_MAX} rounds")
+
+    async def _fetch(self, active: list[FollowedPartition]) -> None:
+        by_topic: dict[str, list[dict[str, Any]]] = {}
+        for p in active:
+            by_topic.setdefault(p.topic, []).append({
+                "index": p.index, "fetch_offset": p.log.log_end_offset,
+                "partition_max_bytes": self._partition_max_bytes,
+                "current_leader_epoch": p.leader_epoch,
+            })
+        response = await self._transport.call(
+            self.source_id, ApiKey.FETCH,
+            {"replica_id": self.node_id, "max_wait_ms": self._max_wait_ms,
+             "min_bytes": FETCH_MIN_BYTES, "max_bytes": FETCH_MAX_BYTES,
+             "topics": [{"name": n, "partitions": parts} for n, parts in by_topic.items()]},
+            self._max_wait_ms + CALL_TIMEOUT_MARGIN_MS)
+        answers = _by_partition(response)
+        for p in active:
+            answer = answers.get((p.topic, p.index))
+            if answer is None or self.partitions.get(p.key) is not p:
+                continue  # not answered, or reassigned while the fetch was in flight
+            code = answer.get("error_code", errors.UNKNOWN_SERVER_ERROR)
+            if code != errors.NONE:
+                self._refused(p, code)
+                continue
+            await self._append(p, answer.get("records") or b"")
+            p.log.set_high_watermark(follower_high_watermark(
+                p.log.high_watermark, answer.get("high_watermark", 0), p.log.log_end_offset))
+
+    async def _append(self, p: FollowedPartition, records: bytes) -> None:
+        futures = []
+        expected = p.log.log_end_offset
+        for view in batch_codec.split_batches(records):
+            header = batch_codec.validate(view)
+            if header.base_offset + header.last_offset_delta < expected:
+                continue  # already held (a batch straddling our log end cannot happen)
+            if header.base_offset != expected:
+                raise errors.CorruptMessageError(
+                    f"{p.topic}-{p.index}: leader sent offset {header.base_offset}, expected {expected}")
+            futures.append(asyncio.wrap_future(
+                p.log.append(bytes(view), header.partition_leader_epoch, assign_offsets=False)))
+            expected = header.base_offset + header.last_offset_delta + 1
+        if futures:
+            await asyncio.gather(*futures)
+
+    def _refused(self, p: FollowedPartition, code: int) -> None:
+        if code in PARKING_ERRORS:
+            p.parked = True
+            logger.info("node %d parks %s-%d: broker %d answered %s", self.node_id, p.topic,
+                        p.index, self.source_id, errors.error_name(code))
+        else:
+            logger.warning("node %d fetch of %s-%d from broker %d: error %d", self.node_id,
+                           p.topic, p.index, self.source_id, code)
+
+
+def _by_partition(response: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
+    if "topics" not in response:
+        code = response.get("error_code", errors.UNKNOWN_SERVER_ERROR)
+        raise errors.error_for_code(code, response.get("error_message") or "request failed")
+    return {
+        (topic["name"], part["index"]): part
+        for topic in response["topics"] for part in topic.get("partitions", ())
+    }
+
+
+async def _wait_any(stopping: asyncio.Event, other: asyncio.Event | None, timeout_ms: int) -> None:
+    waits = [asyncio.ensure_future(stopping.wait())]
+    if other is not None:
+        waits.append(asyncio.ensure_future(other.wait()))
+    try:
+        await asyncio.wait(waits, timeout=timeout_ms / 1000, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()

@@ -1,0 +1,181 @@
+"""The follower's fetcher against an in-process leader: truncation by leader epoch before
+fetching, appends that keep the leader's offsets and epochs, the high watermark learned
+from the leader, parking on a fenced epoch, and riding out an unreachable source."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from cluster.peer import PeerError
+from cluster.protocol import errors
+from cluster.protocol.api import ApiKey
+from cluster.replica_fetcher import (
+    OFFSETS_FOR_LEADER_EPOCH_API_KEY,
+    FollowedPartition,
+    SourceFetcher,
+)
+from cluster.replication import end_offset_for_epoch
+from storage import batch as batch_codec
+from storage.log import LogStore, PartitionLog
+
+pytestmark = pytest.mark.timeout(30)
+
+TOPIC_ID, TOPIC, INDEX = "t-1", "orders", 0
+LEADER_ID, FOLLOWER_ID = 1, 2
+
+
+def batch(*values: bytes) -> bytes:
+    return batch_codec.encode_batch([(1000, None, v, None) for v in values])
+
+
+def values_of(log: PartitionLog) -> list[tuple[int, int, bytes | None]]:
+    """(offset, leader epoch, value) of every record."""
+    out = []
+    for raw in log.read(log.log_start_offset, 1 << 30):
+        header = batch_codec.parse_header(raw)
+        for i, record in enumerate(batch_codec.decode_batch(raw)):
+            out.append((header.base_offset + i, header.partition_leader_epoch, record.value))
+    return out
+
+
+class FakeLeader:
+    """Serves Fetch and OffsetsForLeaderEpoch for one partition from a real log."""
+
+    def __init__(self, log: PartitionLog, leader_epoch: int) -> None:
+        self.log = log
+        self.leader_epoch = leader_epoch
+        self.high_watermark = 0
+        self.reachable = True
+        self.fetches: list[dict[str, Any]] = []
+
+    async def call(self, broker_id: int, api_key: int, body: dict[str, Any], timeout_ms: int) -> dict[str, Any]:
+        assert broker_id == LEADER_ID
+        if not self.reachable:
+            raise PeerError("connection refused")
+        part = body["topics"][0]["partitions"][0]
+        assert body["replica_id"] == FOLLOWER_ID
+        if part["current_leader_epoch"] != self.leader_epoch:
+            answer: dict[str, Any] = {"index": INDEX, "error_code": errors.FENCED_LEADER_EPOCH}
+        elif api_key == OFFSETS_FOR_LEADER_EPOCH_API_KEY:
+            epoch, end = end_offset_for_epoch(self.log.leader_epoch_entries(), self.log.log_end_offset,
+                                              part["leader_epoch"])
+            answer = {"index": INDEX, "error_code": errors.NONE, "leader_epoch": epoch, "end_offset": end}
+        else:
+            assert api_key == ApiKey.FETCH
+            self.fetches.append(part)
+            records = b"".join(self.log.read(part["fetch_offset"], part["partition_max_bytes"]))
+            if not records:
+                await asyncio.sleep(body["max_wait_ms"] / 1000)  # the long poll, roughly
+            answer = {"index": INDEX, "error_code": errors.NONE, "high_watermark": self.high_watermark,
+                      "log_start_offset": self.log.log_start_offset, "records": records}
+        return {"topics": [{"name": TOPIC, "partitions": [answer]}]}
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> Iterator[tuple[LogStore, LogStore]]:
+    leader_store, follower_store = LogStore(tmp_path / "leader"), LogStore(tmp_path / "follower")
+    yield leader_store, follower_store
+    leader_store.close()
+    follower_store.close()
+
+
+def append(log: PartitionLog, epoch: int, *values: bytes) -> None:
+    log.append(batch(*values), epoch).result(timeout=10)
+
+
+def test_follower_copies_batches_with_the_leaders_offsets_and_epochs(stores: tuple[LogStore, LogStore]) -> None:
+    leader_log = stores[0].open_partition(TOPIC_ID, INDEX)
+    follower_log = stores[1].open_partition(TOPIC_ID, INDEX)
+    append(leader_log, 0, b"a", b"b")
+    append(leader_log, 3, b"c")
+    leader = FakeLeader(leader_log, leader_epoch=3)
+    leader.high_watermark = 2
+
+    async def scenario() -> None:
+        fetcher = SourceFetcher(FOLLOWER_ID, LEADER_ID, leader, max_wait_ms=0)
+        fetcher.assign(FollowedPartition(TOPIC_ID, TOPIC, INDEX, 3, follower_log))
+        assert await fetcher.run_once()
+        assert await fetcher.run_once()  # nothing new: an empty fetch at the end
+
+    asyncio.run(scenario())
+    assert values_of(follower_log) == values_of(leader_log)
+    assert follower_log.leader_epoch_entries() == [(0, 0), (3, 2)]
+    assert follower_log.high_watermark == 2
+    assert [f["fetch_offset"] for f in leader.fetches] == [0, 3]
+    assert all(f["current_leader_epoch"] == 3 for f in leader.fetches)
+
+
+def test_divergent_tail_is_truncated_by_leader_epoch_not_high_watermark(
+        stores: tuple[LogStore, LogStore]) -> None:
+    # Both got a, b in epoch 0. The follower (once leader in epoch 1) wrote x, y that nobody
+    # else got; the new leader wrote c in epoch 2.
+    leader_log = stores[0].open_partition(TOPIC_ID, INDEX)
+    follower_log = stores[1].open_partition(TOPIC_ID, INDEX)
+    append(leader_log, 0, b"a", b"b")
+    append(leader_log, 2, b"c")
+    append(follower_log, 0, b"a", b"b")
+    append(follower_log, 1, b"x", b"y")
+    follower_log.set_high_watermark(0)  # a high-watermark truncation would drop a and b
+    leader = FakeLeader(leader_log, leader_epoch=2)
+    leader.high_watermark = 3
+
+    async def scenario() -> None:
+        fetcher = SourceFetcher(FOLLOWER_ID, LEADER_ID, leader, max_wait_ms=0)
+        fetcher.assign(FollowedPartition(TOPIC_ID, TOPIC, INDEX, 2, follower_log))
+        assert await fetcher.run_once()
+
+    asyncio.run(scenario())
+    assert [f["fetch_offset"] for f in leader.fetches] == [2]  # kept a, b; dropped x, y
+    assert values_of(follower_log) == values_of(leader_log)
+    assert follower_log.high_watermark == 3
+
+
+def test_fenced_epoch_parks_until_reassigned_and_unreachable_source_is_retried(
+        stores: tuple[LogStore, LogStore]) -> None:
+    leader_log = stores[0].open_partition(TOPIC_ID, INDEX)
+    follower_log = stores[1].open_partition(TOPIC_ID, INDEX)
+    append(leader_log, 4, b"a")
+    leader = FakeLeader(leader_log, leader_epoch=4)
+
+    async def scenario() -> None:
+        fetcher = SourceFetcher(FOLLOWER_ID, LEADER_ID, leader, max_wait_ms=0)
+        fetcher.assign(FollowedPartition(TOPIC_ID, TOPIC, INDEX, 3, follower_log))  # stale epoch
+        assert await fetcher.run_once()
+        assert fetcher.partitions[(TOPIC_ID, INDEX)].parked
+        assert await fetcher.run_once()
+        assert leader.fetches == []
+        leader.reachable = False
+        fetcher.assign(FollowedPartition(TOPIC_ID, TOPIC, INDEX, 4, follower_log))
+        assert not await fetcher.run_once()
+        leader.reachable = True
+        assert await fetcher.run_once()
+
+    asyncio.run(scenario())
+    assert values_of(follower_log) == values_of(leader_log)
+
+
+def test_run_loop_follows_until_stopped(stores: tuple[LogStore, LogStore]) -> None:
+    leader_log = stores[0].open_partition(TOPIC_ID, INDEX)
+    follower_log = stores[1].open_partition(TOPIC_ID, INDEX)
+    leader = FakeLeader(leader_log, leader_epoch=0)
+
+    async def scenario() -> None:
+        stopping = asyncio.Event()
+        fetcher = SourceFetcher(FOLLOWER_ID, LEADER_ID, leader, max_wait_ms=10)
+        task = asyncio.create_task(fetcher.run(stopping))
+        fetcher.assign(FollowedPartition(TOPIC_ID, TOPIC, INDEX, 0, follower_log))
+        for i in range(5):
+            append(leader_log, 0, str(i).encode())
+        deadline = asyncio.get_running_loop().time() + 10
+        while follower_log.log_end_offset < 5:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        stopping.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
+    assert values_of(follower_log) == values_of(leader_log)
