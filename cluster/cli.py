@@ -1,7 +1,7 @@
 """The ``kraft`` command: a node, and client tools in the shape of Kafka's.
 
     kraft node [--config node.toml]
-    kraft dev-cluster [--nodes 3] [--data-dir DIR]
+    kraft dev-cluster [--nodes 3] [--brokers 0] [--data-dir DIR]
     kraft topics create NAME --partitions N [--replication-factor R] [--config k=v ...]
     kraft topics list | describe [NAME] | delete NAME
     kraft cluster status
@@ -166,7 +166,7 @@ def _cmd_dev_cluster(args: argparse.Namespace) -> int:
     from cluster import devcluster
 
     return devcluster.run(args.nodes, args.data_dir or devcluster.default_directory(), args.base_port,
-                          args.controller_base_port)
+                          args.controller_base_port, args.brokers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     node_p.set_defaults(func=_cmd_node)
 
     dev = sub.add_parser("dev-cluster", help="run a local cluster of N node processes until Ctrl-C")
-    dev.add_argument("--nodes", type=int, default=3)
+    dev.add_argument("--nodes", type=int, default=3, help="Raft voters (each also a broker)")
+    dev.add_argument("--brokers", type=int, default=0, help="extra broker-only nodes")
     dev.add_argument("--data-dir", type=Path, help="where the nodes keep their data (default ./kraft-dev-cluster)")
     dev.add_argument("--base-port", type=int, default=9092, help="client port of node 1; node i uses base + i - 1")
     dev.add_argument("--controller-base-port", type=int, default=19092, help="Raft port of node 1")

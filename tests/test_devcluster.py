@@ -1,4 +1,4 @@
-"""``kraft dev-cluster``: three node processes that form one cluster, stopped by SIGTERM."""
+"""``kraft dev-cluster``: three voters and a broker-only node form one cluster, stopped by SIGTERM."""
 
 from __future__ import annotations
 
@@ -36,10 +36,10 @@ def _is_free(port: int) -> bool:
 
 
 def test_dev_cluster_starts_serves_and_stops(tmp_path) -> None:
-    base, controller_base = _free_block(3), _free_block(3)
+    base, controller_base = _free_block(4), _free_block(3)
     log = open(tmp_path / "dev.log", "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "cluster", "dev-cluster", "--nodes", "3", "--data-dir", str(tmp_path / "dc"),
+        [sys.executable, "-m", "cluster", "dev-cluster", "--nodes", "3", "--brokers", "1", "--data-dir", str(tmp_path / "dc"),
          "--base-port", str(base), "--controller-base-port", str(controller_base)],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -48,14 +48,15 @@ def test_dev_cluster_starts_serves_and_stops(tmp_path) -> None:
         out = (tmp_path / "dev.log").read_text()
         assert process.poll() is None, out
         bootstrap = f"127.0.0.1:{base + 1}"
-        assert f"bootstrap servers: 127.0.0.1:{base},127.0.0.1:{base + 1},127.0.0.1:{base + 2}" in out
+        assert f"bootstrap servers: 127.0.0.1:{base},127.0.0.1:{base + 1},127.0.0.1:{base + 2},127.0.0.1:{base + 3}" in out
+        assert "node 4: client" in out and "none (broker only)" in out
 
         with Admin(bootstrap_servers=bootstrap) as admin:
             admin.create_topics([NewTopic("dev", 3, replication_factor=3)])
             cluster = admin.describe_cluster()
-            assert [(b.node_id, b.fenced) for b in cluster.brokers] == [(1, False), (2, False), (3, False)]
+            assert [(b.node_id, b.fenced) for b in cluster.brokers] == [(i, False) for i in (1, 2, 3, 4)]
             (dev,) = admin.describe_topics(["dev"])
-            assert sorted(p.leader for p in dev.partitions) == [1, 2, 3]
+            assert len({p.leader for p in dev.partitions}) == 3
         with Producer(bootstrap_servers=bootstrap, acks="all") as producer:
             futures = [producer.send("dev", b"v%d" % i, key=b"k%d" % i) for i in range(300)]
             producer.flush()
@@ -72,13 +73,13 @@ def test_dev_cluster_starts_serves_and_stops(tmp_path) -> None:
         status = subprocess.run([sys.executable, "-m", "cluster", "cluster", "status", "--bootstrap-server", bootstrap],
                                 capture_output=True, text=True, timeout=30)
         assert status.returncode == 0, status.stderr
-        assert status.stdout.count("\tlive") == 3 and "active controller" in status.stdout
+        assert status.stdout.count("\tlive") == 4 and "active controller" in status.stdout
         assert "Partitions: 3\tOffline: 0" in status.stdout
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
         assert "dev cluster stopped" in (tmp_path / "dev.log").read_text()
-        node_configs = [str(tmp_path / "dc" / f"node-{i}" / "node.toml") for i in (1, 2, 3)]
+        node_configs = [str(tmp_path / "dc" / f"node-{i}" / "node.toml") for i in (1, 2, 3, 4)]
         wait_until(lambda: not any(subprocess.run(["pgrep", "-f", c], capture_output=True).stdout.strip()
                                    for c in node_configs), 10, interval_s=0.1, message="node processes to exit")
     finally:
