@@ -1,17 +1,61 @@
-"""``python -m bench produce|consume``: throughput figures with their baseline, saved as JSON."""
+"""``python -m bench run WORKLOAD.toml`` runs a workload (``bench/workloads``);
+``python -m bench produce|consume`` are the single-process perf tools. Every run prints its
+figures with their baselines and saves them as JSON (and a PNG chart with matplotlib)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from bench import perf, report
+from bench import chart, harness, perf, report
+from bench.workload import WorkloadError, load_workload
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides = {"duration_s": args.duration_s, "warmup_s": args.warmup_s, "producer_rate": args.producer_rate,
+                 "acks": args.acks, "nodes": args.nodes, "replication_factor": args.replication_factor,
+                 "backlog_records": args.backlog_records}
+    try:
+        workload = load_workload(args.workload_file, overrides)
+    except (WorkloadError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    progress = not args.no_progress
+    if args.compare:
+        result = harness.run_compare(workload, bootstrap=args.bootstrap_server, progress=progress)
+    else:
+        result = harness.run_workload(workload, bootstrap=args.bootstrap_server, progress=progress)
+    result["peers"] = {"nats_jetstream": harness.nats_peer()}
+    path = report.finish(result, args.out_dir)
+    print(report.summary(result))
+    print(f"  result: {path}")
+    if args.no_chart:
+        return 0
+    png = chart.write_chart(json.loads(path.read_text()), path.with_suffix(".png"))
+    print(f"  chart: {png}" if png else "  chart: skipped (matplotlib is not installed: pip install matplotlib)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     sub = parser.add_subparsers(dest="workload", required=True)
+    r = sub.add_parser("run", help="run a workload file (bench/workloads/*.toml)")
+    r.add_argument("workload_file", type=Path)
+    r.add_argument("--bootstrap-server", help="measure a running cluster instead of starting one")
+    r.add_argument("--duration-s", type=float, help="override the measured duration")
+    r.add_argument("--warmup-s", type=float, help="override the warm-up")
+    r.add_argument("--producer-rate", help='override the rate: records/s over all producers, or "max"')
+    r.add_argument("--acks", choices=["0", "1", "all"])
+    r.add_argument("--nodes", type=int, choices=[1, 3])
+    r.add_argument("--replication-factor", type=int)
+    r.add_argument("--backlog-records", type=int)
+    r.add_argument("--compare", action="store_true",
+                   help="run as 1 node acks=1, 1 node acks=all and 3 nodes RF=3 acks=all and print ratios")
+    r.add_argument("--out-dir", type=Path, help="where the JSON result goes (default bench/results)")
+    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--no-chart", action="store_true")
     for name in ("produce", "consume"):
         p = sub.add_parser(name)
         p.add_argument("--records", type=int, default=1_000_000)
@@ -27,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--batches-per-txn", type=int, default=10,
                            help="batches per synced transaction in the raw LMDB baseline")
     args = parser.parse_args(argv)
+    if args.workload == "run":
+        return _run(args)
     progress = not args.no_progress
     if args.workload == "produce":
         options = {k: v for k, v in (("linger_ms", args.linger_ms), ("batch_size", args.batch_size)) if v is not None}

@@ -1,4 +1,10 @@
-"""Benchmark results: the machine and revision they were measured on, printed and saved as JSON."""
+"""Benchmark results: the machine and revision they were measured on, printed and saved as JSON.
+
+``finish`` stamps a result dict with the git revision, the machine (cores, memory) and the
+time and writes it under ``bench/results`` (or ``out_dir``); ``summary`` renders a result of
+``bench.perf`` (produce/consume) or ``bench.harness`` (a workload run, or a compare run) as
+text.
+"""
 
 from __future__ import annotations
 
@@ -43,18 +49,62 @@ def finish(result: dict[str, Any], out_dir: Path | None = None) -> Path:
     return path
 
 
+def _throughput_line(name: str, r: dict[str, Any]) -> str:
+    return (f"  {name:16s} {r['records_per_s']:>12,.0f} records/s  {r['mb_per_s']:8.1f} MB/s"
+            f"  ({r['records']:,} records in {r['seconds']:.2f} s)")
+
+
+def _latency_line(name: str, figures: dict[str, Any] | None) -> str | None:
+    if not figures or not figures.get("count"):
+        return None
+    cells = "  ".join(f"{k} {figures[k]:.2f}" for k in ("p50", "p99", "p99.9", "max"))
+    return f"  {name:16s} ms: {cells}  ({figures['count']:,} samples)"
+
+
+def _megabytes(values: list[int | None]) -> str:
+    return ", ".join("?" if v is None else f"{v / 1e6:.0f}" for v in values)
+
+
+def _cluster_lines(cluster: dict[str, Any]) -> list[str]:
+    if not cluster.get("started_by_bench"):
+        return [f"  cluster: {cluster.get('bootstrap')} (not started by the harness)"] if cluster else []
+    ready = cluster["node_start_to_first_request_s"]
+    peak = cluster.get("node_peak_rss_bytes")
+    if not isinstance(ready, list):  # bench.perf's single node
+        return [f"  node: start to first served request {ready:.2f} s, "
+                f"peak RSS {peak / 1e6:.0f} MB" if peak else "  node: peak RSS unknown"]
+    idle = cluster.get("node_idle_rss_bytes") or []
+    return [f"  nodes: {cluster['nodes']}, start to first served request "
+            f"{', '.join(f'{s:.2f}' for s in ready)} s, cluster ready {cluster['cluster_ready_s']:.2f} s; "
+            f"RSS idle {_megabytes(idle)} MB, peak {_megabytes(peak or [])} MB"]
+
+
+def _run_lines(result: dict[str, Any]) -> list[str]:
+    lines = []
+    for section in ("raw_lmdb_append", "produce", "consume"):
+        if result.get(section):
+            lines.append(_throughput_line(section, result[section]))
+    for name, figures in (("publish latency", result.get("produce", {}).get("publish_latency_ms")),
+                          ("e2e latency", result.get("e2e_latency_ms"))):
+        line = _latency_line(name, figures)
+        if line:
+            lines.append(line)
+    if result.get("ratio_produce_to_raw_lmdb") is not None:
+        lines.append(f"  produce / raw LMDB append of the same bytes: {result['ratio_produce_to_raw_lmdb']:.2f}")
+    lines.extend(_cluster_lines(result.get("cluster", {})))
+    return lines
+
+
 def summary(result: dict[str, Any]) -> str:
     lines = [f"workload: {result['workload']}  params: {json.dumps(result['params'], default=str)}"]
-    for section in ("raw_lmdb_append", "produce", "consume"):
-        if section in result:
-            r = result[section]
-            lines.append(f"  {section:16s} {r['records_per_s']:>12,.0f} records/s  {r['mb_per_s']:8.1f} MB/s"
-                         f"  ({r['records']:,} records in {r['seconds']:.2f} s)")
-    if "ratio_produce_to_raw_lmdb" in result:
-        lines.append(f"  produce / raw LMDB append of the same bytes: {result['ratio_produce_to_raw_lmdb']:.2f}")
-    cluster = result.get("cluster", {})
-    if cluster.get("started_by_bench"):
-        rss = cluster.get("node_peak_rss_bytes")
-        lines.append(f"  node: start to first served request {cluster['node_start_to_first_request_s']:.2f} s, "
-                     f"peak RSS {rss / 1e6:.0f} MB" if rss else "  node: peak RSS unknown")
+    if result.get("compare"):
+        for label, run in result["runs"].items():
+            lines.append(f" {label}:")
+            lines.extend(_run_lines(run))
+        for name, ratio in result["ratios"].items():
+            lines.append(f"  ratio {name}: {ratio:.2f}")
+    else:
+        lines.extend(_run_lines(result))
+    for name, peer in result.get("peers", {}).items():
+        lines.append(f"  peer {name}: {peer.get('reason', 'ran')}")
     return "\n".join(lines)

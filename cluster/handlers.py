@@ -59,7 +59,7 @@ from cluster.protocol.api import (
     ApiKey,
 )
 from cluster.protocol.framing import RequestHeader
-from kraft import controller, lifecycle
+from kraft import controller
 from kraft.image import MetadataImage, TopicImage
 from kraft.local_log import MetadataLogError
 from kraft.quorum import MetadataLog
@@ -169,28 +169,9 @@ class RequestHandlers:
     # -- start-up ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Make the LogStore match the image; a single node also registers and unfences itself.
-
-        In a multi-node cluster the node registers with the active controller over the
-        wire once the quorum is up (``cluster.node``), not here.
-        """
-        if self.config.is_multi_node:
-            await self.partitions.reconcile(self.metadata.image)
-            return
-        host, port = self.config.advertised_host_port
-        node_id, rack = self.node_id, self.config.rack
-
-        def register_and_unfence(image: MetadataImage) -> tuple[list, None]:
-            records = list(controller.register_broker(image, node_id, host, port, rack))
-            if records:
-                records += lifecycle.unfence_broker(image.apply(records), node_id)
-            elif image.brokers[node_id].fenced:
-                records = list(lifecycle.unfence_broker(image, node_id))
-            return records, None
-
-        image, _ = await self.controller.commit(register_and_unfence)
-        logger.info("node %d registered as %s:%d", self.node_id, host, port)
-        await self.partitions.reconcile(image)
+        """Make the LogStore match the image. The node registers with the active controller
+        (itself, on a single node) from its broker lifecycle (``cluster.node``), not here."""
+        await self.partitions.reconcile(self.metadata.image)
 
     def _topic_config(self, topic: TopicImage) -> TopicConfig:
         """The topic's effective config, cached per topic id until its configs change."""

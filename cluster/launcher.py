@@ -115,6 +115,9 @@ class NodeProcess:
             "data_dir": str(self.directory / "data"),
             **(config or {}),
         }
+        if not self.config.get("controller_quorum_voters"):
+            # a cluster of one: its Raft port must not collide with other nodes on this host
+            self.config.setdefault("controller_listener", f"127.0.0.1:{free_port()}")
         self.config_path = write_toml(self.directory / "node.toml", self.config)
         self.log_path = self.directory / "node.log"
         self.process: subprocess.Popen[bytes] | None = None

@@ -5,30 +5,31 @@ Theory of operation
 ``Node`` wires the parts together and owns their lifetimes:
 
     NodeConfig --> data dir:  meta.properties   (node id + cluster id; refuses another node's dir)
-                              metadata/         (the kraft image, durable: LocalMetadataLog,
-                                                 or RaftMetadataLog's journal and snapshots)
+                              metadata/         (RaftMetadataLog's journal and snapshots)
+                              cluster-password  (single-node default only: generated, 0600)
                               log/              (LogStore: one LMDB env holding every partition)
                               reconciled.offset (newest metadata offset the LogStore matched)
                --> PartitionManager  (LogStore reconciled against every new image)
                --> ControllerService (metadata decisions; the active controller's timers)
                --> RequestHandlers   (every API)  --> Server (asyncio TCP listener)
                --> retention task    (every log_retention_check_interval_ms)
-               --> broker lifecycle  (multi-node: register, then heartbeat to the controller)
+               --> broker lifecycle  (register, then heartbeat to the active controller)
 
-With no ``controller_quorum_voters`` the node is its own cluster (the embedded default):
-a LocalMetadataLog, and the node registers and unfences itself before it listens. With
-voters the metadata lives in a Raft group (``kraft.raft_log``) — or, on a broker-only node
-(not a voter), in a copy fetched from the voters (``cluster.metadata_follower``), with the
-same lifecycle below; the cluster id is derived
-from the voter list, so every node of one cluster computes the same one. The node listens
-at once (it answers Metadata from whatever image it has replayed) and, in the background,
+The metadata always lives in a Raft group (``kraft.raft_log``). With no
+``controller_quorum_voters`` the node is a cluster of one (the embedded default,
+``embedded_quorum``): the only voter, Raft on loopback with a generated password, and it
+listens only once it is its own controller and an unfenced broker. A broker-only node (not
+a voter) keeps a copy fetched from the voters (``cluster.metadata_follower``) with the same
+lifecycle. In a cluster the cluster id is derived from the voter list, so every node of
+one cluster computes the same one; a node listens at once (it answers Metadata from
+whatever image it has replayed) and, in the background,
 waits for the quorum, registers with the active controller (BrokerRegistration, over the
 wire or locally when it is the active controller itself) and heartbeats every
 ``broker_heartbeat_interval_ms`` (BrokerHeartbeat); a heartbeat answered "not registered"
 makes it register again.
 
-Start order: data dir, metadata log, LogStore, reconcile (single node: register first),
-then listen, then log ``node N serving on HOST:PORT (data DIR)``. Stop order is the reverse:
+Start order: data dir, metadata log, LogStore, reconcile, controller and lifecycle tasks
+(single node: wait until unfenced), then listen, then log ``node N serving on HOST:PORT (data DIR)``. Stop order is the reverse:
 stop the heartbeats and controller timers, stop accepting and reading, wake long polls,
 give in-flight requests a grace period, stop retention, close the LogStore (pending writes
 complete, flushed), close the metadata log.
@@ -40,8 +41,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
+import secrets
 import signal
 import sys
 import time
@@ -58,7 +61,7 @@ from cluster.protocol import errors
 from cluster.protocol.api import ApiKey
 from cluster.protocol.errors import ConfigError
 from cluster.server import SHUTDOWN_GRACE_S, Server
-from kraft.local_log import LocalMetadataLog, MetadataLogError
+from kraft.local_log import MetadataLogError
 from kraft.quorum import MetadataLog
 from kraft.raft_log import NotControllerError, RaftConfig, RaftMetadataLog
 from storage.log import LogStore
@@ -72,8 +75,41 @@ META_PROPERTIES = "meta.properties"
 META_VERSION = 1
 RECONCILED_OFFSET_FILE = "reconciled.offset"  # the PartitionManager's deletion floor
 CLUSTER_ID_NAMESPACE = uuid.UUID("6f1c1b3e-7a52-4d0e-9d4c-2b9f0f6a3c11")
+LONE_VOTER_APPEND_ENTRIES_PERIOD_MS = 20
+LONE_VOTER_RAFT_MIN_TIMEOUT_MS = 80
+LONE_VOTER_RAFT_MAX_TIMEOUT_MS = 120
 QUORUM_WAIT_SLICE_S = 0.5  # wait_ready runs in a thread; re-checked this often for a stop
 HEARTBEAT_TIMEOUT_MS_MAX = 2000  # one registration or heartbeat request to the controller
+EMBEDDED_CONTROLLER_LISTENER = "127.0.0.1:9093"  # the single-node default's Raft port: loopback only
+PASSWORD_FILE = "cluster-password"  # the single-node default's generated Raft password, mode 0600
+EMBEDDED_READY_TIMEOUT_S = 20.0  # a lone voter elects itself and unfences itself before serving
+
+
+def embedded_quorum(config: NodeConfig) -> NodeConfig:
+    """The config of a node started without ``controller_quorum_voters``: a cluster of one.
+
+    It runs the same Raft metadata quorum as a multi-node cluster, with itself as the only
+    voter, its Raft port on ``controller_listener`` (default 127.0.0.1:9093, loopback) and a
+    random password generated once into ``<data_dir>/cluster-password`` (readable by the
+    owner only), so the embedded default needs no set-up and exposes nothing.
+    """
+    assert not config.is_multi_node
+    data_dir = Path(config.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    password_path = data_dir / PASSWORD_FILE
+    try:
+        fd = os.open(password_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+    password = config.cluster_password or password_path.read_text().strip()
+    listener = config.controller_listener or EMBEDDED_CONTROLLER_LISTENER
+    return dataclasses.replace(config, controller_listener=listener, cluster_password=password,
+                               controller_quorum_voters=(f"{config.node_id}@{listener}",))
 
 
 def cluster_id_of_voters(voters: dict[int, str]) -> str:
@@ -117,7 +153,8 @@ class Node:
     """One running node (see the module docstring)."""
 
     def __init__(self, config: NodeConfig) -> None:
-        self.config = config
+        self.embedded = not config.is_multi_node
+        self.config = embedded_quorum(config) if self.embedded else config
         self.data_dir = Path(config.data_dir)
         self.server: Server | None = None
         self.store: LogStore | None = None
@@ -133,23 +170,29 @@ class Node:
 
     def _open_metadata(self) -> MetadataLog:
         config = self.config
-        if not config.is_multi_node:
-            return LocalMetadataLog(self.data_dir / "metadata")
         if config.is_broker_only:
             return RemoteMetadataLog(RemoteMetadataConfig(config.node_id, config.controller_quorum_bootstrap_servers))
         assert config.controller_listener is not None and config.cluster_password is not None
-        return RaftMetadataLog(RaftConfig(
+        # A lone voter has nobody to wait for: short election timeouts make it its own
+        # leader in ~0.1 s instead of ~0.5 s.
+        raft = RaftConfig(
             node_id=config.node_id,
             bind_address=config.controller_listener,
             voters=config.voters,
             password=config.cluster_password,
             data_dir=str(self.data_dir / "metadata"),
-        ))
+        )
+        if len(config.voters) == 1:
+            raft = dataclasses.replace(raft, append_entries_period_ms=LONE_VOTER_APPEND_ENTRIES_PERIOD_MS,
+                                       raft_min_timeout_ms=LONE_VOTER_RAFT_MIN_TIMEOUT_MS,
+                                       raft_max_timeout_ms=LONE_VOTER_RAFT_MAX_TIMEOUT_MS)
+        return RaftMetadataLog(raft)
 
     async def start(self) -> None:
         config = self.config
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        derived = cluster_id_of_voters(config.voters) if config.is_multi_node else None
+        # A cluster of one keeps the random id it was given: its Raft port may move.
+        derived = None if self.embedded else cluster_id_of_voters(config.voters)
         cluster_id = self.cluster_id = read_or_create_meta(self.data_dir, config.node_id, derived)
         self.metadata = await asyncio.to_thread(self._open_metadata)
         self.store = LogStore(
@@ -174,11 +217,14 @@ class Node:
             connections_max=config.connections_max,
             in_flight_max=config.request_in_flight_per_connection_max,
         )
+        self.controller.start()
+        self._lifecycle_task = asyncio.create_task(self._broker_lifecycle())
+        if self.embedded:
+            # Serve only once the node is its own controller and an unfenced broker, so the
+            # first request a user sends already works.
+            await self._wait_unfenced(EMBEDDED_READY_TIMEOUT_S)
         await self.server.start()
         self._retention_task = asyncio.create_task(self._retention_loop())
-        if config.is_multi_node:
-            self.controller.start()
-            self._lifecycle_task = asyncio.create_task(self._broker_lifecycle())
         logger.info(
             "node %d serving on %s:%d (data %s)", config.node_id, config.listener_host, self.server.port, config.data_dir
         )
@@ -195,7 +241,20 @@ class Node:
             except Exception:
                 logger.exception("node %d retention pass failed", self.config.node_id)
 
-    # -- broker lifecycle (multi-node) ----------------------------------------------------
+    async def _wait_unfenced(self, timeout_s: float) -> None:
+        assert self.metadata is not None
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            broker = self.metadata.image.brokers.get(self.config.node_id)
+            if broker is not None and not broker.fenced:
+                return
+            if self._lifecycle_task is not None and self._lifecycle_task.done():
+                raise RuntimeError(f"node {self.config.node_id} could not join its own metadata quorum")
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"node {self.config.node_id} was not unfenced within {timeout_s} s")
+            await asyncio.sleep(0.01)
+
+    # -- broker lifecycle ------------------------------------------------------------------
 
     async def _broker_lifecycle(self) -> None:
         """Wait for the quorum, then register and heartbeat to the active controller forever."""

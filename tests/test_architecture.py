@@ -23,8 +23,8 @@ RULES: dict[str, tuple[str, ...]] = {
     "cluster/client": ("cluster.client", "cluster.protocol", "storage.batch", "msgpack", "crc32c"),
     "cluster/protocol": ("cluster.protocol", "msgpack"),
     "cluster": ("cluster", "storage", "kraft", "msgpack", "lmdb", "pysyncobj"),
-    "bench": ("bench", "cluster.client", "cluster.launcher", "cluster.protocol", "storage.batch",
-              "lmdb", "tqdm", "msgpack"),
+    "bench": ("bench", "cluster.client", "cluster.launcher", "cluster.devcluster", "cluster.protocol",
+              "storage.batch", "lmdb", "tqdm", "msgpack", "matplotlib"),
 }
 
 

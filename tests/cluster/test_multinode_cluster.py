@@ -50,7 +50,9 @@ def test_a_single_node_describes_itself_as_its_own_controller(node) -> None:
 
     with WireClient(node.port) as client:
         described = client.call(ApiKey.DESCRIBE_CLUSTER, {})
-        assert described["error_code"] == 0 and described["raft"] is None
+        assert described["error_code"] == 0
+        raft = described["raft"]  # a cluster of one: its own only voter
+        assert raft["voters"] == [1] and raft["is_leader"] and raft["leader_id"] == 1 and raft["ready"]
         assert described["controller_id"] == 1
         assert [(b["node_id"], b["fenced"]) for b in described["brokers"]] == [(1, False)]
         assert client.metadata()["controller_id"] == 1
