@@ -41,7 +41,7 @@ from cluster.config import NodeConfig
 from cluster.metadata_follower import RemoteMetadataLog
 from kraft import controller, lifecycle
 from kraft.image import MetadataImage
-from kraft.local_log import MetadataLogError
+from kraft.quorum import MetadataLogError
 from kraft.quorum import MetadataLog
 from kraft.raft_log import CommandSkippedError, NotControllerError, RaftMetadataLog
 from kraft.records import MetadataRecord

@@ -61,7 +61,7 @@ from cluster.protocol.api import (
 from cluster.protocol.framing import RequestHeader
 from kraft import controller
 from kraft.image import MetadataImage, TopicImage
-from kraft.local_log import MetadataLogError
+from kraft.quorum import MetadataLogError
 from kraft.quorum import MetadataLog
 from kraft.raft_log import NotControllerError
 from kraft.records import NO_LEADER

@@ -61,8 +61,7 @@ from cluster.protocol import errors
 from cluster.protocol.api import ApiKey
 from cluster.protocol.errors import ConfigError
 from cluster.server import SHUTDOWN_GRACE_S, Server
-from kraft.local_log import MetadataLogError
-from kraft.quorum import MetadataLog
+from kraft.quorum import MetadataLog, MetadataLogError
 from kraft.raft_log import NotControllerError, RaftConfig, RaftMetadataLog
 from storage.log import LogStore
 

@@ -8,18 +8,19 @@ three things with it: reads ``image`` (the image after every committed record), 
 that receives ``(old_image, new_image)`` after each append so it can reconcile partitions
 and leaders against the new image.
 
-``append`` returns only once the records are durable (fsynced locally today; committed by
-a majority of the Raft voters later) and applied, and returns the image that includes
-them. It is all-or-nothing: records that do not apply to the current image raise
+``append`` returns only once the records are committed by a majority of the Raft voters
+(each voter's journal synced) and applied, and returns the image that includes them. It is all-or-nothing: records that do not apply to the current image raise
 ``ValueError`` and nothing is written. Callbacks run in the appending thread, in append
 order, and must not call ``append`` themselves.
 
 Implementations:
 
-* ``kraft.local_log.LocalMetadataLog``: a single node's journal file.
+* ``kraft.raft_log.RaftMetadataLog``: a pysyncobj Raft group (one voter on a single
+  node), where the Raft leader is the active controller.
+* ``cluster.metadata_follower.RemoteMetadataLog``: a broker-only node's copy, fetched from
+  the voters (it cannot append).
 * ``InMemoryMetadataLog`` (below): the same contract with no durability, for tests of the
   code that sits on top of the log.
-* A pysyncobj Raft group (later), where the Raft leader is the active controller.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ from kraft.records import MetadataRecord, decode_record, encode_record
 logger = logging.getLogger(__name__)
 
 ImageListener = Callable[[MetadataImage, MetadataImage], None]
+
+
+class MetadataLogError(RuntimeError):
+    """The log cannot be used: closed, locked by another process, damaged, or failed."""
 
 
 @runtime_checkable

@@ -131,8 +131,7 @@ from pysyncobj.config import FAIL_REASON
 from pysyncobj.journal import FileJournal
 
 from kraft.image import MetadataImage
-from kraft.local_log import MetadataLogError
-from kraft.quorum import ImageListener, notify_listeners
+from kraft.quorum import ImageListener, MetadataLogError, notify_listeners
 from kraft.raft_snapshot import (
     Snapshot,
     fsync_directory,
@@ -503,7 +502,7 @@ class RaftMetadataLog:
             if journal_created and config.journal_fsync:
                 fsync_directory(config.data_dir)
             # Replay what this voter already holds (snapshot + committed journal entries)
-            # before returning, as LocalMetadataLog does; peers are contacted from here on.
+            # before returning; peers are contacted from here on.
             self._tick()
             if self._failed is not None:
                 raise MetadataLogError(f"node {config.node_id}: {self._failed}")

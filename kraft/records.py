@@ -5,7 +5,7 @@ Theory of operation
 Every change to cluster metadata (a broker registering, a topic being created, a config
 being set, a partition being placed, a topic being removed) is one immutable record. The
 controller decides and emits records (``kraft.controller``); the metadata log makes them
-durable (``kraft.local_log`` today, a Raft group later); every node applies them in log
+durable (a Raft group, ``kraft.raft_log``); every node applies them in log
 order to its image (``kraft.image``). Records are the only thing that crosses the log, so
 they are plain values with no behaviour beyond checking their own fields.
 

@@ -21,7 +21,7 @@ from pysyncobj.journal import FileJournal
 
 from cluster.launcher import free_port, wait_until
 from kraft.image import BrokerImage, MetadataImage, PartitionImage, TopicImage
-from kraft.local_log import MetadataLogError
+from kraft.quorum import MetadataLogError
 from kraft.quorum import MetadataLog
 from kraft.raft_log import (
     COMMAND_VERSION,
