@@ -81,17 +81,21 @@ def _cmd_cluster_status(args: argparse.Namespace) -> int:
         print(f"  broker {b.node_id}\t{b.host}:{b.port}\t{state}{rack}{role}")
     if cluster.raft:
         r = cluster.raft
-        print(f"Quorum (as seen by the node answering): voters {r.get('voters')}, leader {r.get('leader_id')}, "
-              f"term {r.get('term')}, commit index {r.get('commit_index')}, metadata offset {r.get('metadata_offset')}")
+        print(f"Quorum (as node {r.get('node_id')} sees it): voters {r.get('voters')}, leader {r.get('leader_id')}, "
+              f"Raft term {r.get('term')}, commit index {r.get('commit_index')}, "
+              f"metadata offset {r.get('metadata_offset')}")
     partitions = [(t.name, p) for t in topics for p in t.partitions]
     offline = [f"{name}-{p.partition}" for name, p in partitions if p.leader < 0]
     under = [f"{name}-{p.partition}" for name, p in partitions if p.leader >= 0 and len(p.isr) < len(p.replicas)]
     print(f"Topics: {len(topics)}\tPartitions: {len(partitions)}\tOffline: {len(offline)}"
           f"\tUnder-replicated: {len(under)}")
-    for name in offline:
-        print(f"  offline (no leader in the ISR): {name}")
-    for name in under:
-        print(f"  under-replicated: {name}")
+    for topic in sorted(topics, key=lambda t: t.name):
+        print(f"\nTopic {topic.name}")
+        print("  partition  leader  epoch  replicas        isr             state")
+        for p in topic.partitions:
+            state = "offline" if p.leader < 0 else ("under-replicated" if len(p.isr) < len(p.replicas) else "ok")
+            print(f"  {p.partition:<9}  {p.leader if p.leader >= 0 else 'none':<6}  {p.leader_epoch:<5}  "
+                  f"{','.join(map(str, p.replicas)):<14}  {','.join(map(str, p.isr)):<14}  {state}")
     return 0
 
 

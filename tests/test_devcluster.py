@@ -75,6 +75,9 @@ def test_dev_cluster_starts_serves_and_stops(tmp_path) -> None:
         assert status.returncode == 0, status.stderr
         assert status.stdout.count("\tlive") == 4 and "active controller" in status.stdout
         assert "Partitions: 3\tOffline: 0" in status.stdout
+        rows = [line.split() for line in status.stdout.split("Topic dev\n")[1].splitlines()[1:4]]
+        assert [row[0] for row in rows] == ["0", "1", "2"] and all(row[-1] == "ok" for row in rows)
+        assert all(len(row[3].split(",")) == 3 for row in rows)  # replicas on three brokers
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
