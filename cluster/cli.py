@@ -6,7 +6,7 @@
     kraft topics list | describe [NAME] | delete NAME
     kraft cluster status
     kraft produce TOPIC [--key-separator SEP] [--acks all|1|0]
-    kraft consume TOPIC [--from-beginning] [--max-messages N] [--partition P --offset O]
+    kraft consume TOPIC [--from-beginning] [--max-messages N] [--partition P --offset O] [--timeout-ms T]
 
 Every client command takes ``--bootstrap-server HOST:PORT`` (default 127.0.0.1:9092). An
 error prints one line naming it (Kafka's error name) and exits non-zero. The node's own
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -143,8 +144,13 @@ def _cmd_consume(args: argparse.Namespace) -> int:
                 return EXIT_USAGE
             consumer.subscribe([args.topic])
         out = sys.stdout.buffer
+        last_record_s = time.monotonic()
         while args.max_messages is None or printed < args.max_messages:
             batches = consumer.poll(timeout_ms=CONSUME_POLL_TIMEOUT_MS)
+            if batches:
+                last_record_s = time.monotonic()
+            elif args.timeout_ms is not None and time.monotonic() - last_record_s > args.timeout_ms / 1000:
+                break
             for records in batches.values():
                 for record in records:
                     if args.print_key:
@@ -228,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--max-messages", type=int)
     consume.add_argument("--partition", type=int)
     consume.add_argument("--offset", type=int)
+    consume.add_argument("--timeout-ms", type=int, help="exit when no record arrives for this long")
     consume.add_argument("--print-key", action="store_true")
     consume.add_argument("--key-separator", default="\t")
     consume.set_defaults(func=_cmd_consume)

@@ -39,6 +39,12 @@ def test_topics_produce_consume_round_trip(node) -> None:
         assert out.returncode == 0, out.stderr
         assert out.stdout.count(b"\n") == 1
 
+    # --timeout-ms ends a consumer that has nothing more to read
+    kraft("topics", "create", "empty", *b)
+    idle = kraft("consume", "empty", "--partition", "0", "--offset", "0", "--timeout-ms", "500", *b)
+    assert idle.returncode == 0 and idle.stdout == b""
+    kraft("topics", "delete", "empty", *b)
+
     deleted = kraft("topics", "delete", "orders", *b)
     assert deleted.returncode == 0, deleted.stderr
     assert kraft("topics", "list", *b).stdout.split() == []
