@@ -18,6 +18,9 @@ State lives elsewhere, and flows like this:
         LogStore (PartitionManager); BrokerRegistration / BrokerHeartbeat go to it too
     PartitionManager --> the PartitionLog of each (topic id, partition) held here, appends,
         high watermarks, long-poll wake-ups
+    ReplicaManager (``cluster.replica_manager``) --> leader-side replication: the replicated
+        high watermark consumers read below, followers' positions (a Fetch with
+        replica_id >= 0 reports one), acks=all checks before the append and waits after it
 
 In a multi-node cluster only the active controller decides. CreateTopics / DeleteTopics
 reaching another node are forwarded to it (``_forward``, over ``cluster.peer``) and its
@@ -30,13 +33,19 @@ The produce path (``produce`` -> ``_prepare_partition`` -> ``PartitionManager.ap
 reads only the batch headers: split by length fields, size check against the topic's
 max.message.bytes, CRC/shape check (``storage.batch.validate``), then append; records are
 never decoded. The fetch path (``fetch`` -> ``_fetch_once``) reads whole stored batches
-below the high watermark, and long-polls with ``PartitionManager.wait_for_data``.
+below the high watermark (a follower's replica Fetch: up to the log end offset), and
+long-polls with ``PartitionManager.wait_for_data``. Produce answers acks=1 after the local
+append and acks=all once ``ReplicaManager.wait_for_acks_all`` says the high watermark passed
+the batches (or REQUEST_TIMED_OUT / NOT_ENOUGH_REPLICAS_AFTER_APPEND). AlterPartition is
+decided by the active controller (``kraft.lifecycle.alter_partition``) and forwarded to it
+like CreateTopics; OffsetForLeaderEpoch answers from the log's leader-epoch cache.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
@@ -59,7 +68,8 @@ from cluster.protocol.api import (
     ApiKey,
 )
 from cluster.protocol.framing import RequestHeader
-from kraft import controller
+from cluster.replica_manager import ReplicaManager
+from kraft import controller, lifecycle
 from kraft.image import MetadataImage, TopicImage
 from kraft.quorum import MetadataLogError
 from kraft.quorum import MetadataLog
@@ -129,6 +139,7 @@ class RequestHandlers:
     def __init__(
         self, config: NodeConfig, cluster_id: str, metadata: MetadataLog, partitions: PartitionManager,
         controller_service: ControllerService | None = None, peers: PeerClient | None = None,
+        replicas: ReplicaManager | None = None,
     ) -> None:
         self.config = config
         self.node_id = config.node_id
@@ -137,6 +148,7 @@ class RequestHandlers:
         self.partitions = partitions
         self.controller = controller_service or ControllerService(config, cluster_id, metadata)
         self.peers = peers or PeerClient(config.node_id)
+        self.replicas = replicas
         self.topic_defaults = config.topic_config_defaults()
         self._topic_configs: dict[str, tuple[Mapping[str, str], TopicConfig]] = {}
         self._routes: dict[int, Callable[[Any], Awaitable[Body | None]]] = {
@@ -152,6 +164,8 @@ class RequestHandlers:
             ApiKey.BROKER_REGISTRATION: self.broker_registration,
             ApiKey.BROKER_HEARTBEAT: self.broker_heartbeat,
             ApiKey.METADATA_FETCH: self.metadata_fetch,
+            ApiKey.OFFSET_FOR_LEADER_EPOCH: self.offset_for_leader_epoch,
+            ApiKey.ALTER_PARTITION: self.alter_partition,
         }
 
     async def handle(self, header: RequestHeader, body: Any) -> Body | None:
@@ -384,6 +398,8 @@ class RequestHandlers:
             return None  # a whole-request error of the controller: answer NOT_CONTROLLER
         if "error_code" in response and api_key == ApiKey.DELETE_TOPICS and "responses" not in response:
             return None
+        if api_key == ApiKey.ALTER_PARTITION and "topics" not in response:
+            return None
         return response
 
     async def _catch_up(self, done: Callable[[], bool]) -> None:
@@ -456,6 +472,105 @@ class RequestHandlers:
                     "is_registered": True, "is_fenced": True}
         return {"error_code": errors.NONE, "error_message": None, "is_registered": registered, "is_fenced": fenced}
 
+    # -- OffsetForLeaderEpoch --------------------------------------------------------------
+
+    async def offset_for_leader_epoch(self, body: Any) -> Body:
+        _field(body, "replica_id", int, default=CONSUMER_REPLICA_ID)
+        image = self.metadata.image
+        topics = []
+        for topic_request in _field(body, "topics", list):
+            name = _field(topic_request, "name", str)
+            topic = image.topic(name)
+            entries = []
+            for p in _field(topic_request, "partitions", list):
+                index = _field(p, "index", int)
+                current_epoch = _field(p, "current_leader_epoch", int, default=NO_LEADER_EPOCH)
+                wanted_epoch = _field(p, "leader_epoch", int)
+                entries.append(self._epoch_end(topic, name, index, current_epoch, wanted_epoch))
+            topics.append({"name": name, "partitions": entries})
+        return {"topics": topics}
+
+    def _epoch_end(self, topic: TopicImage | None, name: str, index: int, current_epoch: int,
+                   wanted_epoch: int) -> Body:
+        def entry(code: int, epoch: int = NO_LEADER_EPOCH, end_offset: int = NO_OFFSET) -> Body:
+            return {"index": index, "error_code": code, "leader_epoch": epoch, "end_offset": end_offset}
+
+        partition = topic.partitions.get(index) if topic is not None else None
+        if topic is None or partition is None:
+            return entry(errors.UNKNOWN_TOPIC_OR_PARTITION)
+        if partition.leader == NO_LEADER:
+            return entry(errors.LEADER_NOT_AVAILABLE)
+        if partition.leader != self.node_id:
+            return entry(errors.NOT_LEADER_OR_FOLLOWER)
+        if current_epoch != NO_LEADER_EPOCH and current_epoch != partition.leader_epoch:
+            return entry(errors.FENCED_LEADER_EPOCH if current_epoch < partition.leader_epoch
+                         else errors.UNKNOWN_LEADER_EPOCH)
+        log = self.partitions.get(topic.topic_id, index)
+        if log is None:
+            return entry(errors.UNKNOWN_TOPIC_OR_PARTITION)
+        epoch, end_offset = log.end_offset_for_epoch(wanted_epoch)
+        return entry(errors.NONE, epoch, end_offset)
+
+    # -- AlterPartition ---------------------------------------------------------------------
+
+    async def alter_partition(self, body: Any) -> Body:
+        broker_id = _field(body, "broker_id", int)
+        forwarded_by = _field(body, "forwarded_by", int, default=None, nullable=True)
+        items: list[tuple[str, int, int, int, list[int]]] = []
+        for topic_request in _field(body, "topics", list):
+            topic_id = _field(topic_request, "topic_id", str)
+            for p in _field(topic_request, "partitions", list):
+                new_isr = _field(p, "new_isr", list)
+                if not all(isinstance(b, int) and not isinstance(b, bool) for b in new_isr):
+                    raise errors.InvalidRequestError("field 'new_isr' must be a list of broker ids")
+                items.append((topic_id, _field(p, "index", int), _field(p, "leader_epoch", int),
+                              _field(p, "partition_epoch", int), new_isr))
+
+        def decide(image: MetadataImage) -> tuple[list, list[str | None]]:
+            records: list = []
+            outcomes: list[str | None] = []
+            for topic_id, index, leader_epoch, partition_epoch, new_isr in items:
+                made, error = lifecycle.alter_partition(image, topic_id, index, broker_id, leader_epoch,
+                                                        partition_epoch, new_isr)
+                outcomes.append(error)
+                if made:
+                    records.extend(made)
+                    image = image.apply(made)
+            return records, outcomes
+
+        def answer(image: MetadataImage, outcomes: list[str | None] | None, code: int, message: str | None) -> Body:
+            by_topic: dict[str, list[Body]] = {}
+            for position, (topic_id, index, _, _, _) in enumerate(items):
+                topic = image.topics_by_id.get(topic_id)
+                current = topic.partitions.get(index) if topic is not None else None
+                error_name = outcomes[position] if outcomes is not None else None
+                item_code = code if outcomes is None else (
+                    errors.NONE if error_name is None else errors.error_class(error_name).code)
+                by_topic.setdefault(topic_id, []).append({
+                    "index": index, "error_code": item_code,
+                    "error_message": message if outcomes is None else error_name,
+                    "leader_id": current.leader if current is not None else NO_LEADER,
+                    "leader_epoch": current.leader_epoch if current is not None else NO_LEADER_EPOCH,
+                    "partition_epoch": current.partition_epoch if current is not None else NO_LEADER_EPOCH,
+                    "isr": list(current.isr) if current is not None else [],
+                })
+            return {"error_code": errors.NONE, "error_message": None,
+                    "topics": [{"topic_id": t, "partitions": parts} for t, parts in by_topic.items()]}
+
+        try:
+            if not self.controller.is_active():
+                raise NotControllerError(f"node {self.node_id} is not the active controller", None)
+            image, outcomes = await self.controller.commit(decide)
+        except NotControllerError as exc:
+            forwarded = await self._forward(ApiKey.ALTER_PARTITION, body, forwarded_by, FORWARD_TIMEOUT_MS_MIN * 5)
+            if forwarded is None:
+                return answer(self.metadata.image, None, errors.NOT_CONTROLLER, str(exc))
+            return forwarded
+        except MetadataLogError as exc:
+            return answer(self.metadata.image, None, errors.REQUEST_TIMED_OUT,
+                          f"the metadata change may or may not have happened: {exc}")
+        return answer(image, outcomes, errors.NONE, None)
+
     # -- DescribeConfigs --------------------------------------------------------------------
 
     async def describe_configs(self, body: Any) -> Body:
@@ -518,12 +633,15 @@ class RequestHandlers:
         # Validate everything and submit every append before awaiting any of them, so all
         # batches of the request join the same group commit.
         pending: list[tuple[str, int, Any]] = []  # (topic name, index, Body | (log, futures))
+        min_isr: dict[tuple[str, int], int] = {}
         for name, parts in parsed:
             topic = image.topic(name)
             config = self._topic_config(topic) if topic is not None else None
             for index, records in parts:
                 outcome = self._prepare_partition(topic, config, name, index, records, acks)
                 pending.append((name, index, outcome))
+                if config is not None:
+                    min_isr[(name, index)] = config.min_insync_replicas
 
         if acks == ACKS_NONE:
             for _, _, outcome in pending:
@@ -532,26 +650,42 @@ class RequestHandlers:
                         future.add_done_callback(_consume_exception)
             return None
 
+        timeout_ms = _field(body, "timeout_ms", int, default=FORWARD_TIMEOUT_MS_MAX)
+        entries = await asyncio.gather(*(
+            self._produce_outcome(name, index, outcome, acks, min_isr.get((name, index), 1), timeout_ms)
+            for name, index, outcome in pending
+        ))
         by_topic: dict[str, list[Body]] = {}
-        for name, index, outcome in pending:
-            if isinstance(outcome, dict):
-                entry = outcome
-            else:
-                log, futures = outcome
-                results = await asyncio.gather(*futures, return_exceptions=True)
-                failure = next((r for r in results if isinstance(r, BaseException)), None)
-                first = results[0]
-                if failure is not None or isinstance(first, BaseException):
-                    entry = self._append_failed(name, index, failure or first)
-                else:
-                    entry = {
-                        "index": index, "error_code": errors.NONE, "error_message": None,
-                        "base_offset": first.base_offset,
-                        "log_append_time_ms": NO_TIMESTAMP_TYPE_APPEND,
-                        "log_start_offset": log.log_start_offset,
-                    }
+        for (name, _, _), entry in zip(pending, entries):
             by_topic.setdefault(name, []).append(entry)
         return {"topics": [{"name": name, "partitions": entries} for name, entries in by_topic.items()]}
+
+    async def _produce_outcome(self, name: str, index: int, outcome: Any, acks: int,
+                               min_insync_replicas: int, timeout_ms: int) -> Body:
+        """One partition's produce answer: after the local append (acks=1), or once the high
+        watermark passes the appended batches (acks=all)."""
+        if isinstance(outcome, dict):
+            return outcome
+        log, futures = outcome
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        first = results[0]
+        if failure is not None or isinstance(first, BaseException):
+            return self._append_failed(name, index, failure or first)
+        if acks == ACKS_ALL and self.replicas is not None:
+            last = results[-1]
+            assert not isinstance(last, BaseException)
+            code = await self.replicas.wait_for_acks_all(
+                (log.topic, log.partition), last.last_offset + 1, min_insync_replicas, timeout_ms)
+            if code != errors.NONE:
+                return self._produce_error(index, code, f"{name}-{index}: {errors.error_name(code)} "
+                                           f"waiting for the in-sync replicas")
+        return {
+            "index": index, "error_code": errors.NONE, "error_message": None,
+            "base_offset": first.base_offset,
+            "log_append_time_ms": NO_TIMESTAMP_TYPE_APPEND,
+            "log_start_offset": log.log_start_offset,
+        }
 
     def _append_failed(self, name: str, index: int, failure: BaseException) -> Body:
         if isinstance(failure, PartitionDeletedError):
@@ -610,14 +744,21 @@ class RequestHandlers:
                     index, errors.UNSUPPORTED_COMPRESSION_TYPE,
                     f"compression codec {header.attributes & batch_codec.COMPRESSION_MASK} is not supported",
                 )
-        if acks == ACKS_ALL and config.min_insync_replicas > len(partition.isr):
-            return self._produce_error(
-                index, errors.NOT_ENOUGH_REPLICAS,
-                f"{name}-{index} has {len(partition.isr)} in-sync replicas, "
-                f"min.insync.replicas is {config.min_insync_replicas}",
-            )
+        if acks == ACKS_ALL:
+            code = self._check_acks_all((topic.topic_id, index), len(partition.isr), config.min_insync_replicas)
+            if code != errors.NONE:
+                return self._produce_error(
+                    index, code,
+                    f"{name}-{index}: {errors.error_name(code)} (in-sync replicas {list(partition.isr)}, "
+                    f"min.insync.replicas {config.min_insync_replicas})",
+                )
         futures = [self.partitions.append(log, batch, partition.leader_epoch) for batch in batches]
         return log, futures
+
+    def _check_acks_all(self, key: PartitionKey, isr_size: int, min_insync_replicas: int) -> int:
+        if self.replicas is None:
+            return errors.NOT_ENOUGH_REPLICAS if min_insync_replicas > isr_size else errors.NONE
+        return self.replicas.check_acks_all(key, min_insync_replicas)
 
     def _too_large(self, index: int, size_bytes: int, config: TopicConfig) -> Body:
         return self._produce_error(
@@ -648,15 +789,18 @@ class RequestHandlers:
         wait_s = max(0, min(max_wait_ms, self.config.fetch_max_wait_ms_max)) / 1000.0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
+        account = replica_id >= 0  # a follower's position counts once per request
         while True:
-            response, total_bytes, has_error, keys = self._fetch_once(requests, max_bytes, replica_id)
+            response, total_bytes, has_error, keys = self._fetch_once(requests, max_bytes, replica_id, account)
+            account = False
             remaining_s = deadline - loop.time()
             if total_bytes >= min_bytes or has_error or remaining_s <= 0 or not keys or self.partitions.closing:
                 return response
             await self.partitions.wait_for_data(keys, remaining_s)
 
     def _fetch_once(
-        self, requests: list[tuple[str, list[tuple[int, int, int, int]]]], max_bytes: int, replica_id: int
+        self, requests: list[tuple[str, list[tuple[int, int, int, int]]]], max_bytes: int, replica_id: int,
+        account: bool = False,
     ) -> tuple[Body, int, bool, list[PartitionKey]]:
         image = self.metadata.image
         total_bytes = 0
@@ -668,7 +812,8 @@ class RequestHandlers:
             entries = []
             for index, fetch_offset, partition_max_bytes, leader_epoch in parts:
                 entry = self._fetch_partition(topic, name, index, fetch_offset, partition_max_bytes,
-                                              leader_epoch, max_bytes - total_bytes, total_bytes == 0, replica_id)
+                                              leader_epoch, max_bytes - total_bytes, total_bytes == 0, replica_id,
+                                              account)
                 if entry["error_code"] != errors.NONE:
                     has_error = True
                 else:
@@ -681,7 +826,7 @@ class RequestHandlers:
 
     def _fetch_partition(
         self, topic: TopicImage | None, name: str, index: int, fetch_offset: int, partition_max_bytes: int,
-        leader_epoch: int, remaining_bytes: int, first: bool, replica_id: int,
+        leader_epoch: int, remaining_bytes: int, first: bool, replica_id: int, account: bool = False,
     ) -> Body:
         def error(code: int, message: str, high_watermark: int = NO_OFFSET, log_start_offset: int = NO_OFFSET) -> Body:
             logger.debug("node %d fetch error %s: %s", self.node_id, errors.error_name(code), message)
@@ -701,6 +846,16 @@ class RequestHandlers:
         if leader_epoch != NO_LEADER_EPOCH and leader_epoch != partition.leader_epoch:
             code = errors.FENCED_LEADER_EPOCH if leader_epoch < partition.leader_epoch else errors.UNKNOWN_LEADER_EPOCH
             return error(code, f"leader epoch of {name}-{index} is {partition.leader_epoch}, not {leader_epoch}")
+        if account and self.replicas is not None:
+            key = (topic.topic_id, index)
+            before = self.partitions.high_watermark(log)
+            code = self.replicas.on_replica_fetch(key, replica_id, fetch_offset, leader_epoch, log,
+                                                  int(time.time() * 1000))
+            if code != errors.NONE:
+                return error(code, f"replica fetch of {name}-{index} by broker {replica_id} at offset "
+                             f"{fetch_offset}, epoch {leader_epoch}", log_start_offset=log.log_start_offset)
+            if self.partitions.high_watermark(log) != before:
+                self.partitions.wake(key)  # consumers waiting below the old high watermark
         high_watermark = self.partitions.high_watermark(log)
         log_start_offset = log.log_start_offset
         upper_offset = log.log_end_offset if replica_id >= 0 else high_watermark

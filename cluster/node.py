@@ -10,6 +10,12 @@ Theory of operation
                               log/              (LogStore: one LMDB env holding every partition)
                               reconciled.offset (newest metadata offset the LogStore matched)
                --> PartitionManager  (LogStore reconciled against every new image)
+               --> ReplicaManager    (after each reconcile: the role of every partition held
+                                      here; leaders' high watermarks and acks=all waiters;
+                                      one SourceFetcher per broker this node follows, over
+                                      its own PeerClient, brokers' endpoints from the image)
+               --> ISR loop          (every ISR_CHECK_INTERVAL_MS: the leaders' ISR changes,
+                                      sent as AlterPartition to the active controller)
                --> ControllerService (metadata decisions; the active controller's timers)
                --> RequestHandlers   (every API)  --> Server (asyncio TCP listener)
                --> retention task    (every log_retention_check_interval_ms)
@@ -50,6 +56,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Mapping
 
 from cluster.config import NodeConfig, load_config
 from cluster.controller_service import ControllerService
@@ -60,10 +67,12 @@ from cluster.peer import PeerClient, PeerError
 from cluster.protocol import errors
 from cluster.protocol.api import ApiKey
 from cluster.protocol.errors import ConfigError
+from cluster.replica_manager import ISR_CHECK_INTERVAL_MS, IsrChange, ReplicaManager
 from cluster.server import SHUTDOWN_GRACE_S, Server
 from kraft.quorum import MetadataLog, MetadataLogError
 from kraft.raft_log import NotControllerError, RaftConfig, RaftMetadataLog
-from storage.log import LogStore
+from storage.log import LogStore, PartitionLog
+from kraft.image import MetadataImage
 
 logger = logging.getLogger("cluster.node")  # also when run as __main__
 
@@ -82,6 +91,22 @@ HEARTBEAT_TIMEOUT_MS_MAX = 2000  # one registration or heartbeat request to the 
 EMBEDDED_CONTROLLER_LISTENER = "127.0.0.1:9093"  # the single-node default's Raft port: loopback only
 PASSWORD_FILE = "cluster-password"  # the single-node default's generated Raft password, mode 0600
 EMBEDDED_READY_TIMEOUT_S = 20.0  # a lone voter elects itself and unfences itself before serving
+REPLICA_LAG_TIME_MAX_MS = 10000  # an ISR follower not caught up for this long leaves the ISR
+ALTER_PARTITION_TIMEOUT_MS = 5000
+
+
+class PeerReplicaTransport:
+    """``ReplicaTransport`` over a ``PeerClient``: broker ids resolved in the newest image."""
+
+    def __init__(self, peers: PeerClient, metadata: MetadataLog) -> None:
+        self.peers = peers
+        self.metadata = metadata
+
+    async def call(self, broker_id: int, api_key: int, body: dict, timeout_ms: int) -> dict:
+        broker = self.metadata.image.brokers.get(broker_id)
+        if broker is None:
+            raise PeerError(f"broker {broker_id} is not registered")
+        return await self.peers.call(broker.host, broker.port, api_key, body, timeout_ms)
 
 
 def embedded_quorum(config: NodeConfig) -> NodeConfig:
@@ -162,6 +187,10 @@ class Node:
         self.controller: ControllerService | None = None
         self.peers: PeerClient | None = None
         self.handlers: RequestHandlers | None = None
+        self.replicas: ReplicaManager | None = None
+        self.replica_peers: PeerClient | None = None
+        self._isr_task: asyncio.Task | None = None
+        self._roles_offset = -1  # metadata offset of the newest image the replicas were given
         self.cluster_id = ""
         self._retention_task: asyncio.Task | None = None
         self._lifecycle_task: asyncio.Task | None = None
@@ -206,7 +235,14 @@ class Node:
         self.partitions.watch(self.metadata)
         self.controller = ControllerService(config, cluster_id, self.metadata)
         self.peers = PeerClient(config.node_id)
-        self.handlers = RequestHandlers(config, cluster_id, self.metadata, self.partitions, self.controller, self.peers)
+        # Followers long-poll their leaders: their own connections, apart from heartbeats.
+        self.replica_peers = PeerClient(config.node_id)
+        self.replicas = ReplicaManager(config.node_id, PeerReplicaTransport(self.replica_peers, self.metadata),
+                                       replica_lag_time_max_ms=REPLICA_LAG_TIME_MAX_MS)
+        self.partitions.replicas = self.replicas
+        self.partitions.on_reconciled = self._on_reconciled
+        self.handlers = RequestHandlers(config, cluster_id, self.metadata, self.partitions, self.controller, self.peers,
+                                        self.replicas)
         await self.handlers.start()
         self.server = Server(
             config.listener_host,
@@ -222,8 +258,11 @@ class Node:
             # Serve only once the node is its own controller and an unfenced broker, so the
             # first request a user sends already works.
             await self._wait_unfenced(EMBEDDED_READY_TIMEOUT_S)
+            # ... and once its partitions have their roles (its high watermarks are known).
+            await self._wait_roles(EMBEDDED_READY_TIMEOUT_S)
         await self.server.start()
         self._retention_task = asyncio.create_task(self._retention_loop())
+        self._isr_task = asyncio.create_task(self._isr_loop())
         logger.info(
             "node %d serving on %s:%d (data %s)", config.node_id, config.listener_host, self.server.port, config.data_dir
         )
@@ -239,6 +278,65 @@ class Node:
                 )
             except Exception:
                 logger.exception("node %d retention pass failed", self.config.node_id)
+
+    # -- replication ----------------------------------------------------------------------
+
+    def _on_reconciled(self, image: MetadataImage, logs: Mapping[tuple[str, int], PartitionLog]) -> None:
+        assert self.replicas is not None and self.partitions is not None
+        self.replicas.on_image(image, logs, int(time.time() * 1000))
+        self._roles_offset = max(self._roles_offset, image.offset)
+        for key in list(self.replicas.leaders):
+            log = logs.get(key)
+            if log is not None:
+                before = self.replicas.high_watermark(key, log)
+                self.replicas.on_leader_append(key, log)  # a lone ISR member: HW = log end
+                if self.replicas.high_watermark(key, log) != before:
+                    self.partitions.wake(key)
+
+    async def _wait_roles(self, timeout_s: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self._roles_offset < 0:
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"node {self.config.node_id} did not reconcile its partitions within {timeout_s} s")
+            await asyncio.sleep(0.01)
+
+    async def _isr_loop(self) -> None:
+        assert self.replicas is not None
+        while True:
+            await asyncio.sleep(ISR_CHECK_INTERVAL_MS / 1000)
+            try:
+                changes = self.replicas.isr_changes(int(time.time() * 1000))
+                if changes:
+                    await self._alter_partitions(changes)
+            except Exception:
+                logger.exception("node %d ISR check failed", self.config.node_id)
+
+    async def _alter_partitions(self, changes: list[IsrChange]) -> None:
+        assert self.handlers is not None and self.replicas is not None
+        by_topic: dict[str, list[dict]] = {}
+        for change in changes:
+            by_topic.setdefault(change.topic_id, []).append({
+                "index": change.partition, "leader_epoch": change.leader_epoch,
+                "partition_epoch": change.partition_epoch, "new_isr": list(change.new_isr)})
+        body = {"broker_id": self.config.node_id,
+                "topics": [{"topic_id": t, "partitions": parts} for t, parts in by_topic.items()]}
+        outcome: dict[tuple[str, int], int] = {}
+        try:
+            response = await asyncio.wait_for(self.handlers.alter_partition(body), ALTER_PARTITION_TIMEOUT_MS / 1000)
+            for topic in response.get("topics", ()):
+                for part in topic.get("partitions", ()):
+                    outcome[(topic["topic_id"], part["index"])] = part.get("error_code", errors.UNKNOWN_SERVER_ERROR)
+        except (asyncio.TimeoutError, PeerError, MetadataLogError, errors.KafkaError) as exc:
+            logger.warning("node %d AlterPartition failed: %s", self.config.node_id, exc)
+        for change in changes:
+            code = outcome.get((change.topic_id, change.partition), errors.UNKNOWN_SERVER_ERROR)
+            if code == errors.NONE:
+                logger.info("node %d changed the ISR of %s-%d to %s", self.config.node_id, change.topic_id,
+                            change.partition, list(change.new_isr))
+            else:
+                logger.info("node %d ISR change of %s-%d to %s refused: %s", self.config.node_id,
+                            change.topic_id, change.partition, list(change.new_isr), errors.error_name(code))
+                self.replicas.isr_change_failed(change)
 
     async def _wait_unfenced(self, timeout_s: float) -> None:
         assert self.metadata is not None
@@ -335,10 +433,21 @@ class Node:
                 await self._lifecycle_task
             except asyncio.CancelledError:
                 pass
+        if self._isr_task is not None:
+            self._isr_task.cancel()
+            try:
+                await self._isr_task
+            except asyncio.CancelledError:
+                pass
         if self.controller is not None:
             await self.controller.stop()
         if self.peers is not None:
             self.peers.close()
+        if self.replicas is not None:
+            stopping = asyncio.create_task(self.replicas.stop())
+            if self.replica_peers is not None:
+                self.replica_peers.close()
+            await stopping
         if self.partitions is not None:
             self.partitions.wake_all()
         if self.server is not None:

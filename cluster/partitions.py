@@ -34,14 +34,16 @@ the floor was written, and a partition it lacks belongs to a topic that is reall
 Worked example: a node reconciled offset 120 (floor 120) and crashed; on restart a Raft
 follower may briefly apply only up to offset 40, before topic "orders" was created at 55:
 that image opens what it knows and deletes nothing; at offset >= 120 the orphans of topics
-removed meanwhile are deleted. Leadership needs no reconciling here:
-the handlers read each partition's leader and leader epoch from the image per request.
-(Follower fetchers, when replication exists, are started and stopped by this same pass.)
+removed meanwhile are deleted. The handlers read each partition's leader and leader epoch from the image per request;
+roles (leader state, follower fetchers) belong to the replica manager
+(``cluster.replica_manager``), which ``on_reconciled`` hands every reconciled image with
+the open logs.
 
 Appends go through ``append``: it hands the batch to the partition log (whose writer thread
-group-commits it) and, when the commit completes, advances the high watermark and wakes any
-fetch waiting for that partition (``wait_for_data``). On a single node the ISR is the node
-itself, so the high watermark is the log end offset once the append is committed.
+group-commits it) and, when the commit completes, tells the replica manager (which moves the
+leader's high watermark) and wakes any fetch waiting for that partition (``wait_for_data``).
+Without a replica manager (or on a single node, whose ISR is the node itself) the high
+watermark is the log end offset once the append is committed.
 
 ``run_retention`` applies each topic's retention settings to the partitions held here.
 """
@@ -52,7 +54,7 @@ import asyncio
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Protocol
 
 from kraft.image import MetadataImage
 from kraft.quorum import MetadataLog
@@ -62,6 +64,14 @@ from storage.log import AppendResult, LogStore, PartitionLog
 logger = logging.getLogger(__name__)
 
 PartitionKey = tuple[str, int]  # (topic_id, partition index)
+
+
+class Replicas(Protocol):
+    """The part of ``cluster.replica_manager.ReplicaManager`` the partitions use."""
+
+    def high_watermark(self, key: PartitionKey, log: PartitionLog) -> int: ...
+
+    def on_leader_append(self, key: PartitionKey, log: PartitionLog) -> None: ...
 
 
 def desired_partitions(image: MetadataImage, node_id: int) -> set[PartitionKey]:
@@ -129,6 +139,8 @@ class PartitionManager:
         self._reconcile_task: asyncio.Task | None = None
         self._image_condition: asyncio.Condition | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.replicas: Replicas | None = None
+        self.on_reconciled: Callable[[MetadataImage, Mapping[PartitionKey, PartitionLog]], None] | None = None
 
     # -- following the metadata log -------------------------------------------------------
 
@@ -218,6 +230,8 @@ class PartitionManager:
                 self._logs.update(opened)
                 logger.info("node %d opened %d new partitions", self.node_id, len(opened))
             self._reconciled_offset = max(self._reconciled_offset, image.offset)
+            if self.on_reconciled is not None and image.offset >= self._reconciled_offset:
+                self.on_reconciled(image, self._logs)
             if image.offset > self._deletion_floor:
                 self._deletion_floor = image.offset
                 if self._offset_path is not None:
@@ -228,12 +242,19 @@ class PartitionManager:
 
     # -- lookups --------------------------------------------------------------------------
 
+    @property
+    def logs(self) -> Mapping[PartitionKey, PartitionLog]:
+        """The open partition logs (read-only view; reconciling replaces entries)."""
+        return self._logs
+
     def get(self, topic_id: str, partition: int) -> PartitionLog | None:
         return self._logs.get((topic_id, partition))
 
     def high_watermark(self, log: PartitionLog) -> int:
-        """Single node: the ISR is this node, so every committed offset is below the mark."""
-        return log.log_end_offset
+        """The replicated high watermark (without a replica manager: the log end offset)."""
+        if self.replicas is None:
+            return log.log_end_offset
+        return self.replicas.high_watermark((log.topic, log.partition), log)
 
     # -- the produce path -----------------------------------------------------------------
 
@@ -251,7 +272,10 @@ class PartitionManager:
     def _committed(self, key: PartitionKey, log: PartitionLog, done: asyncio.Future[AppendResult]) -> None:
         if done.cancelled() or done.exception() is not None:
             return  # the exception is reported to whoever awaits the future
-        log.set_high_watermark(self.high_watermark(log))
+        if self.replicas is None:
+            log.set_high_watermark(log.log_end_offset)
+        else:
+            self.replicas.on_leader_append(key, log)
         self._wake(key)
 
     # -- long polls -----------------------------------------------------------------------
@@ -278,6 +302,10 @@ class PartitionManager:
                     if not waiting:
                         del self._waiters[key]
 
+    def wake(self, key: PartitionKey) -> None:
+        """Answer the long polls waiting on ``key`` (its high watermark moved)."""
+        self._wake(key)
+
     def _wake(self, key: PartitionKey) -> None:
         for waiter in self._waiters.pop(key, ()):
             if not waiter.done():
@@ -301,7 +329,8 @@ class PartitionManager:
                 log = self._logs.get((topic.topic_id, index))
                 if log is None:
                     continue
-                log.set_high_watermark(self.high_watermark(log))
+                if self.replicas is None:
+                    log.set_high_watermark(log.log_end_offset)
                 deletion = log.apply_retention(now_ms, config.retention_ms, config.retention_bytes)
                 if deletion is not None:
                     pending.append((topic.name, index, asyncio.wrap_future(deletion)))

@@ -18,8 +18,9 @@ Any failure (connect refused, timeout, closed connection, a malformed frame) clo
 connection and raises ``PeerError``; the next call connects again. Callers decide whether
 to retry: a peer error is always "outcome unknown" for a request that changes state.
 
-Follower fetchers (replication) will need a pipelined session per source broker; they are
-expected to get their own connection type beside this one, not to share these.
+Follower fetchers (replication) use a PeerClient of their own (the node makes a second
+one): one connection per source broker carrying that fetcher's long polls, so those never
+hold up heartbeats or forwarded requests on these connections.
 """
 
 from __future__ import annotations

@@ -20,9 +20,10 @@ One round (``run_once``):
 
 The fetch offset a follower sends is its log end offset, i.e. the offset after the last
 batch it has durably appended: that is what the leader counts toward the high watermark.
-A partition whose leader answers FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH or
-NOT_LEADER_OR_FOLLOWER is parked until the metadata names a new leader epoch (``assign``
-again). A failed call to the source broker parks nothing: the fetcher backs off
+A partition whose leader answers FENCED_LEADER_EPOCH (our epoch is stale) is parked until
+the metadata names a new leader epoch (``assign`` again). UNKNOWN_LEADER_EPOCH,
+NOT_LEADER_OR_FOLLOWER and UNKNOWN_TOPIC_OR_PARTITION mean the leader's metadata may be
+behind ours: the partition rests for ``FETCH_BACKOFF_MS`` and is tried again. A failed call to the source broker parks nothing: the fetcher backs off
 (``FETCH_BACKOFF_MS``) and retries.
 
 I/O goes through two small ports so that the logic is tested without sockets:
@@ -55,7 +56,7 @@ from storage import batch as batch_codec
 
 logger = logging.getLogger(__name__)
 
-OFFSETS_FOR_LEADER_EPOCH_API_KEY = 23  # Kafka's number; not yet in cluster.protocol.api
+OFFSETS_FOR_LEADER_EPOCH_API_KEY = int(ApiKey.OFFSET_FOR_LEADER_EPOCH)
 FETCH_MAX_WAIT_MS = 500
 FETCH_MIN_BYTES = 1
 FETCH_MAX_BYTES = 16 << 20
@@ -67,9 +68,11 @@ CALL_TIMEOUT_MARGIN_MS = 5000  # a call may take the long poll plus this
 PartitionKey = tuple[str, int]  # (topic_id, partition index), as in cluster.partitions
 
 # Errors after which the partition waits for the metadata to name a new leader epoch.
-PARKING_ERRORS = frozenset({
-    errors.FENCED_LEADER_EPOCH, errors.UNKNOWN_LEADER_EPOCH, errors.NOT_LEADER_OR_FOLLOWER,
-    errors.UNKNOWN_TOPIC_OR_PARTITION,
+PARKING_ERRORS = frozenset({errors.FENCED_LEADER_EPOCH})
+# Errors of a leader whose metadata may lag ours: rest, then try again.
+RESTING_ERRORS = frozenset({
+    errors.UNKNOWN_LEADER_EPOCH, errors.NOT_LEADER_OR_FOLLOWER, errors.UNKNOWN_TOPIC_OR_PARTITION,
+    errors.LEADER_NOT_AVAILABLE,
 })
 
 
@@ -245,11 +248,24 @@ class SourceFetcher:
         if futures:
             await asyncio.gather(*futures)
 
+    def _unpark(self, p: FollowedPartition) -> None:
+        if self.partitions.get(p.key) is p and p.parked:
+            p.parked = False
+            self._changed.set()
+
     def _refused(self, p: FollowedPartition, code: int) -> None:
         if code in PARKING_ERRORS:
             p.parked = True
             logger.info("node %d parks %s-%d: broker %d answered %s", self.node_id, p.topic,
                         p.index, self.source_id, errors.error_name(code))
+        elif code in RESTING_ERRORS:
+            p.parked = True
+            logger.debug("node %d rests %s-%d: broker %d answered %s", self.node_id, p.topic,
+                         p.index, self.source_id, errors.error_name(code))
+            try:
+                asyncio.get_running_loop().call_later(FETCH_BACKOFF_MS / 1000, self._unpark, p)
+            except RuntimeError:
+                p.parked = False  # no loop: the caller's next round tries again
         else:
             logger.warning("node %d fetch of %s-%d from broker %d: error %d", self.node_id,
                            p.topic, p.index, self.source_id, code)

@@ -21,7 +21,9 @@ The rules follow Apache Kafka KRaft with unclean leader election disabled:
 * ``elect_preferred_leaders`` moves leadership back to ``replicas[0]`` where that replica
   is unfenced and in the ISR, which restores the placement's balance after a failure.
 * ``alter_partition`` is the leader's own request to shrink or grow its ISR; the epochs it
-  quotes must be current, so a deposed leader cannot change anything.
+  quotes must be current, so a deposed leader cannot change anything. It is the only way
+  back into an ISR: unfencing a broker does not put its replicas back (they may lack
+  committed records); their leader adds them once they have caught up.
 
 Story (replicas (1, 2, 3), leader 1, isr (1, 2, 3), epochs 0/0)::
 
@@ -29,7 +31,9 @@ Story (replicas (1, 2, 3), leader 1, isr (1, 2, 3), epochs 0/0)::
     fence_brokers([2])  -> leader 3, isr (3,),    leader_epoch 2, partition_epoch 2
     fence_brokers([3])  -> leader -1, isr (3,),   leader_epoch 3, partition_epoch 3
     unfence_broker(3)   -> leader 3, isr (3,),    leader_epoch 4, partition_epoch 4
-    unfence_broker(1)   -> leader 3, isr (1, 3),  leader_epoch 4, partition_epoch 5
+    unfence_broker(1)   -> nothing changes for the partition (1 is not in the ISR)
+    alter_partition(leader 3, epochs 4/4, isr (1, 3)) once 1 has caught up
+                        -> leader 3, isr (1, 3),  leader_epoch 4, partition_epoch 5
     elect_preferred_leaders() -> leader 1,        leader_epoch 5, partition_epoch 6
 
 Outcomes of ``alter_partition`` are Kafka error NAMES; the node maps them to codes.
@@ -128,24 +132,18 @@ def unfence_broker(image: MetadataImage, broker_id: int) -> list[MetadataRecord]
     """Unfence a registered, fenced broker: nothing if it is unknown or already unfenced.
 
     Leaderless partitions whose ISR holds the broker get it as leader (it is in the ISR,
-    so this is a clean election). Then its replicas rejoin the ISRs (``rejoin_isr``), and
-    so do the other unfenced replicas of the partitions that just got a leader back.
+    so this is a clean election). No replica rejoins an ISR here: the partition's leader
+    adds it through ``alter_partition`` once it has caught up.
     """
     broker = image.brokers.get(broker_id)
     if broker is None or not broker.fenced:
         return []
     records: list[MetadataRecord] = [UnfenceBrokerRecord(broker_id=broker_id)]
-    elected: set[tuple[str, int]] = set()
     for topic_id, partition in _partitions(image):
         if partition.leader == NO_LEADER and broker_id in partition.isr:
             change = _change(topic_id, partition, broker_id, partition.isr)
             assert change is not None
             records.append(change)
-            elected.add((topic_id, partition.partition))
-    records.extend(rejoin_isr(image.apply(records), broker_id))
-    if elected:
-        for other_id in sorted(_unfenced(image) - {broker_id}):
-            records.extend(rejoin_isr(image.apply(records), other_id, only=elected))
     logger.info("unfencing broker %d: %d partition change(s)", broker_id, len(records) - 1)
     return records
 
@@ -155,8 +153,8 @@ def rejoin_isr(image: MetadataImage, broker_id: int,
     """Put an unfenced broker's replicas back into the ISRs of partitions that have a leader
     (all of them, or those ``(topic_id, partition)`` in ``only``).
 
-    A stand-in until followers replicate and leaders grow their ISR themselves through
-    ``alter_partition``. Leaderless partitions are left alone: a replica that was out of
+    Not part of any controller decision (leaders grow their ISR through ``alter_partition``);
+    kept for tools and tests that set up an image by hand. Leaderless partitions are left alone: a replica that was out of
     the ISR may miss committed records, so it must not make an offline partition electable.
     """
     broker = image.brokers.get(broker_id)

@@ -72,6 +72,32 @@ ListOffsets (2)
     response {"topics": [{"name", "partitions": [{"index", "error_code", "timestamp", "offset",
               "leader_epoch"}]}]}   offset -1 when no record has such a timestamp.
 
+OffsetForLeaderEpoch (23)   a follower to its partition's leader (KIP-101)
+    request  {"replica_id": int, "topics": [{"name", "partitions": [{"index",
+              "current_leader_epoch", "leader_epoch"}]}]}
+    response {"topics": [{"name", "partitions": [{"index", "error_code", "leader_epoch",
+              "end_offset"}]}]}
+    "leader_epoch" / "end_offset": the largest epoch in the leader's log that is <= the
+    asked "leader_epoch", and the offset where it ends (the log end offset for the latest
+    one); -1 / -1 when the leader knows no such epoch. "current_leader_epoch" older than the
+    leader's is FENCED_LEADER_EPOCH, newer is UNKNOWN_LEADER_EPOCH (-1 skips the check);
+    NOT_LEADER_OR_FOLLOWER from a node that does not lead the partition.
+
+AlterPartition (56)   a partition leader to the active controller: set its ISR
+    request  {"broker_id": int, "topics": [{"topic_id": str, "partitions": [{"index",
+              "leader_epoch", "partition_epoch", "new_isr": [int]}]}],
+              "forwarded_by": int (optional)}
+    response {"error_code", "error_message": str | None,
+              "topics": [{"topic_id", "partitions": [{"index", "error_code",
+                          "error_message": str | None, "leader_id", "leader_epoch",
+                          "partition_epoch", "isr": [int]}]}]}
+    Decided by ``kraft.lifecycle.alter_partition``; forwarded to the active controller like
+    CreateTopics (and answered NOT_CONTROLLER under the same rules). Per partition:
+    UNKNOWN_TOPIC_OR_PARTITION, NOT_LEADER_OR_FOLLOWER, FENCED_LEADER_EPOCH,
+    INVALID_UPDATE_VERSION (the partition epoch is stale) or INVALID_REQUEST; on success
+    "leader_id" / "leader_epoch" / "partition_epoch" / "isr" are the partition's new state
+    (on an error: its current state, or -1 / [] when unknown).
+
 DescribeCluster (60)
     request  {}
     response {"error_code", "error_message": str | None, "cluster_id": str,
@@ -127,7 +153,9 @@ class ApiKey(IntEnum):
     API_VERSIONS = 18
     CREATE_TOPICS = 19
     DELETE_TOPICS = 20
+    OFFSET_FOR_LEADER_EPOCH = 23
     DESCRIBE_CONFIGS = 32
+    ALTER_PARTITION = 56
     DESCRIBE_CLUSTER = 60
     BROKER_REGISTRATION = 62
     BROKER_HEARTBEAT = 63

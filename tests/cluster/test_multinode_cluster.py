@@ -120,7 +120,9 @@ def test_only_the_leader_serves_a_partition_and_the_client_finds_it(cluster_fact
                 assert client.list_offset("events", index, -1)["error_code"] == errors.NOT_LEADER_OR_FOLLOWER
         with cluster.client(leader) as client:
             assert client.produce("events", index, batch([b"direct-%d" % index]))["error_code"] == 0
-            assert values_from(client.fetch("events", index, 0)["records"]) == [(0, b"direct-%d" % index)]
+            # Visible once the follower has it too (the high watermark passed it).
+            expected = [(0, b"direct-%d" % index)]
+            wait_until(lambda: values_from(client.fetch("events", index, 0)["records"]) == expected, 10)
             assert client.list_offset("events", index, -1)["leader_epoch"] == p["leader_epoch"]
 
     # One bootstrap node is enough: the Producer sends each partition to its leader.

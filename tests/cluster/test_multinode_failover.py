@@ -153,4 +153,5 @@ def test_a_full_cluster_restart_keeps_every_topic_and_placement(cluster_factory)
 
     wait_until(preferred_leaders, 20, interval_s=0.1, message="leaders after the restart")
     with cluster.client(leader_of_alpha0) as client:
-        assert client.read_all("alpha", 0) == [(0, b"kept")]
+        # Visible again once the restarted followers have fetched (the high watermark).
+        wait_until(lambda: client.read_all("alpha", 0) == [(0, b"kept")], 10, message="the record read back")
