@@ -89,6 +89,9 @@ class NodeConfig:
     broker_session_timeout_ms: int = 1500
     auto_leader_rebalance_enable: bool = True
     leader_imbalance_check_interval_ms: int = 5000
+    # An in-sync follower that has not caught up to the leader's log end for this long
+    # is removed from the ISR.
+    replica_lag_time_max_ms: int = 10000
 
     @property
     def is_multi_node(self) -> bool:
@@ -293,6 +296,7 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Callable[[str], Any]]] = {
     "broker_session_timeout_ms": (_positive, _env_int),
     "auto_leader_rebalance_enable": (_boolean, _env_bool),
     "leader_imbalance_check_interval_ms": (_positive, _env_int),
+    "replica_lag_time_max_ms": (_positive, _env_int),
 }
 assert set(_KEYS) == {f.name for f in dataclasses.fields(NodeConfig)}
 

@@ -91,7 +91,6 @@ HEARTBEAT_TIMEOUT_MS_MAX = 2000  # one registration or heartbeat request to the 
 EMBEDDED_CONTROLLER_LISTENER = "127.0.0.1:9093"  # the single-node default's Raft port: loopback only
 PASSWORD_FILE = "cluster-password"  # the single-node default's generated Raft password, mode 0600
 EMBEDDED_READY_TIMEOUT_S = 20.0  # a lone voter elects itself and unfences itself before serving
-REPLICA_LAG_TIME_MAX_MS = 10000  # an ISR follower not caught up for this long leaves the ISR
 ALTER_PARTITION_TIMEOUT_MS = 5000
 
 
@@ -238,7 +237,7 @@ class Node:
         # Followers long-poll their leaders: their own connections, apart from heartbeats.
         self.replica_peers = PeerClient(config.node_id)
         self.replicas = ReplicaManager(config.node_id, PeerReplicaTransport(self.replica_peers, self.metadata),
-                                       replica_lag_time_max_ms=REPLICA_LAG_TIME_MAX_MS)
+                                       replica_lag_time_max_ms=config.replica_lag_time_max_ms)
         self.partitions.replicas = self.replicas
         self.partitions.on_reconciled = self._on_reconciled
         self.handlers = RequestHandlers(config, cluster_id, self.metadata, self.partitions, self.controller, self.peers,

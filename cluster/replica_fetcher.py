@@ -23,8 +23,16 @@ batch it has durably appended: that is what the leader counts toward the high wa
 A partition whose leader answers FENCED_LEADER_EPOCH (our epoch is stale) is parked until
 the metadata names a new leader epoch (``assign`` again). UNKNOWN_LEADER_EPOCH,
 NOT_LEADER_OR_FOLLOWER and UNKNOWN_TOPIC_OR_PARTITION mean the leader's metadata may be
-behind ours: the partition rests for ``FETCH_BACKOFF_MS`` and is tried again. A failed call to the source broker parks nothing: the fetcher backs off
-(``FETCH_BACKOFF_MS``) and retries.
+behind ours: the partition rests for ``FETCH_BACKOFF_MS`` and is tried again. A failed
+call to the source broker parks nothing: the fetcher backs off (``FETCH_BACKOFF_MS``) and
+retries.
+
+OFFSET_OUT_OF_RANGE with a ``log_start_offset`` above the fetch offset means the leader
+has deleted (retention) the prefix we would copy next: nothing below its log start can
+ever be fetched, so the follower empties its log and restarts it there
+(``truncate_fully_and_start_at``), as Kafka does, and fetches on from that offset. Any
+other OFFSET_OUT_OF_RANGE is only logged (a fetch offset past the leader's log end is
+settled by truncation for the next leader epoch).
 
 I/O goes through two small ports so that the logic is tested without sockets:
 ``ReplicaTransport.call(broker_id, api_key, body, timeout_ms)`` and the ``ReplicaLog`` part
@@ -65,6 +73,8 @@ FETCH_BACKOFF_MS = 100
 TRUNCATION_ROUNDS_MAX = 16  # each round lowers the latest local epoch; far more than needed
 CALL_TIMEOUT_MARGIN_MS = 5000  # a call may take the long poll plus this
 
+NO_OFFSET = -1  # a Fetch answer without a log start offset
+
 PartitionKey = tuple[str, int]  # (topic_id, partition index), as in cluster.partitions
 
 # Errors after which the partition waits for the metadata to name a new leader epoch.
@@ -96,6 +106,8 @@ class ReplicaLog(Protocol):
                assign_offsets: bool = True) -> concurrent.futures.Future[Any]: ...
 
     def truncate_to(self, offset: int) -> concurrent.futures.Future[None]: ...
+
+    def truncate_fully_and_start_at(self, offset: int) -> concurrent.futures.Future[None]: ...
 
 
 @dataclass
@@ -207,9 +219,11 @@ class SourceFetcher:
 
     async def _fetch(self, active: list[FollowedPartition]) -> None:
         by_topic: dict[str, list[dict[str, Any]]] = {}
+        fetch_offsets: dict[PartitionKey, int] = {}
         for p in active:
+            fetch_offsets[p.key] = p.log.log_end_offset
             by_topic.setdefault(p.topic, []).append({
-                "index": p.index, "fetch_offset": p.log.log_end_offset,
+                "index": p.index, "fetch_offset": fetch_offsets[p.key],
                 "partition_max_bytes": self._partition_max_bytes,
                 "current_leader_epoch": p.leader_epoch,
             })
@@ -225,6 +239,10 @@ class SourceFetcher:
             if answer is None or self.partitions.get(p.key) is not p:
                 continue  # not answered, or reassigned while the fetch was in flight
             code = answer.get("error_code", errors.UNKNOWN_SERVER_ERROR)
+            leader_log_start = answer.get("log_start_offset", NO_OFFSET)
+            if code == errors.OFFSET_OUT_OF_RANGE and leader_log_start > fetch_offsets[p.key]:
+                await self._restart_at(p, fetch_offsets[p.key], leader_log_start)
+                continue
             if code != errors.NONE:
                 self._refused(p, code)
                 continue
@@ -247,6 +265,14 @@ class SourceFetcher:
             expected = header.base_offset + header.last_offset_delta + 1
         if futures:
             await asyncio.gather(*futures)
+
+    async def _restart_at(self, p: FollowedPartition, fetch_offset: int, leader_log_start: int) -> None:
+        """The leader no longer holds ``fetch_offset``: empty the log and restart it at the
+        leader's log start offset (Kafka's truncateFullyAndStartAt)."""
+        await asyncio.wrap_future(p.log.truncate_fully_and_start_at(leader_log_start))
+        logger.info("node %d restarted %s-%d at offset %d: broker %d deleted up to there "
+                    "(our fetch offset was %d)", self.node_id, p.topic, p.index, leader_log_start,
+                    self.source_id, fetch_offset)
 
     def _unpark(self, p: FollowedPartition) -> None:
         if self.partitions.get(p.key) is p and p.parked:

@@ -5,7 +5,8 @@ Theory of operation
 ``LogStore`` owns an LMDB environment and every partition log in it. ``PartitionLog`` is the
 handle the node uses for one (topic, partition).
 
-Writes. Every mutating call (append, truncate_to, delete_prefix, open/delete partition)
+Writes. Every mutating call (append, truncate_to, truncate_fully_and_start_at,
+delete_prefix, open/delete partition)
 builds an *op* with a ``concurrent.futures.Future`` and puts it on one FIFO queue. A single
 writer thread takes everything pending (up to ``OPS_PER_TRANSACTION_MAX`` ops and
 ``TRANSACTION_BYTES_MAX`` bytes of batches), applies the ops in queue order inside ONE write
@@ -199,6 +200,15 @@ class _Append(_Op):
 
 
 class _Truncate(_Op):
+    __slots__ = ("log", "offset")
+
+    def __init__(self, log: PartitionLog, offset: int) -> None:
+        super().__init__()
+        self.log = log
+        self.offset = offset
+
+
+class _TruncateFully(_Op):
     __slots__ = ("log", "offset")
 
     def __init__(self, log: PartitionLog, offset: int) -> None:
@@ -651,6 +661,9 @@ class LogStore:
             if type(op) is _Truncate:
                 self._apply_truncate(op.log, op.offset, cursor, draft)
                 return None
+            if type(op) is _TruncateFully:
+                self._apply_truncate_fully(op.log, op.offset, cursor, draft)
+                return None
             if type(op) is _DeletePrefix:
                 self._apply_delete_prefix(op.log, op.offset, cursor, draft)
                 return None
@@ -736,6 +749,20 @@ class LogStore:
         draft.put(log, state._replace(
             log_start_offset=new_start, log_end_offset=new_end,
             size_bytes=state.size_bytes - removed_bytes, epochs=epochs))
+        return None
+
+    def _apply_truncate_fully(self, log: PartitionLog, offset: int, cursor: lmdb.Cursor,
+                              draft: _Draft) -> None:
+        state = draft.state(log)
+        if offset < 0:
+            raise _Rejected(ValueError(f"truncate {log.name}: offset {offset} is negative"))
+        item = _first_batch(cursor, log.pid)
+        while item is not None:
+            cursor.delete()
+            item = _current(cursor, log.pid)
+        if state.epochs:
+            draft.epochs_changed.add(log.pid)
+        draft.put(log, _State(offset, offset, offset, 0, ()))
         return None
 
     def _apply_delete_prefix(self, log: PartitionLog, offset: int, cursor: lmdb.Cursor,
@@ -966,6 +993,18 @@ class PartitionLog:
     def truncate_to(self, offset: int) -> concurrent.futures.Future[None]:
         """Remove every offset >= ``offset``; a batch straddling it goes whole."""
         op = _Truncate(self, offset)
+        self._store._submit(op)
+        return op.future
+
+    def truncate_fully_and_start_at(self, offset: int) -> concurrent.futures.Future[None]:
+        """Remove every batch and restart the empty log at ``offset``: log start = log end
+        = ``offset``, the leader-epoch cache emptied, the high watermark clamped to it.
+
+        A follower does this when its leader has deleted (by retention) the prefix the
+        follower would fetch next; ``offset`` may be below, inside or past the old log.
+        A negative ``offset`` fails the future with ``ValueError``.
+        """
+        op = _TruncateFully(self, offset)
         self._store._submit(op)
         return op.future
 

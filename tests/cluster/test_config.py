@@ -146,6 +146,8 @@ BAD_VALUES = [
     ("broker_session_timeout_ms", '"1s"'),
     ("auto_leader_rebalance_enable", "1"),
     ("leader_imbalance_check_interval_ms", "-5"),
+    ("replica_lag_time_max_ms", "0"),
+    ("replica_lag_time_max_ms", '"10s"'),
 ]
 
 
@@ -296,3 +298,23 @@ def test_broker_only_rules_name_the_key_and_line(tmp_path: Path, text: str, key:
     line = next(i for i, l in enumerate(text.splitlines(), 1) if l.startswith(key + " ="))
     assert info.value.message.startswith(f"{path} line {line}: "), info.value.message
     assert words in info.value.message
+
+
+def test_replica_lag_time_max_ms_defaults_reads_and_overrides(tmp_path: Path) -> None:
+    assert load_config(None, environ={}).replica_lag_time_max_ms == 10000
+    path = write(tmp_path, "replica_lag_time_max_ms = 2500\n")
+    assert load_config(path, environ={}).replica_lag_time_max_ms == 2500
+    config = load_config(path, environ={"KRAFT_REPLICA_LAG_TIME_MAX_MS": "700"})
+    assert config.replica_lag_time_max_ms == 700
+
+
+def test_replica_lag_time_max_ms_must_be_positive(tmp_path: Path) -> None:
+    path = write(tmp_path, "node_id = 1\nreplica_lag_time_max_ms = -1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.message == f"{path} line 2: replica_lag_time_max_ms must be a positive integer, got -1"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, environ={"KRAFT_REPLICA_LAG_TIME_MAX_MS": "0"})
+    assert info.value.message == (
+        "environment KRAFT_REPLICA_LAG_TIME_MAX_MS: replica_lag_time_max_ms must be a positive integer, got 0"
+    )

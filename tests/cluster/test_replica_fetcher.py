@@ -50,6 +50,7 @@ class FakeLeader:
         self.leader_epoch = leader_epoch
         self.high_watermark = 0
         self.reachable = True
+        self.out_of_range: dict[str, Any] | None = None  # answer every Fetch with this
         self.fetches: list[dict[str, Any]] = []
 
     async def call(self, broker_id: int, api_key: int, body: dict[str, Any], timeout_ms: int) -> dict[str, Any]:
@@ -67,6 +68,14 @@ class FakeLeader:
         else:
             assert api_key == ApiKey.FETCH
             self.fetches.append(part)
+            fetch_offset = part["fetch_offset"]
+            if self.out_of_range is not None:
+                return {"topics": [{"name": TOPIC, "partitions": [self.out_of_range]}]}
+            if not self.log.log_start_offset <= fetch_offset <= self.log.log_end_offset:
+                answer = {"index": INDEX, "error_code": errors.OFFSET_OUT_OF_RANGE,
+                          "high_watermark": self.high_watermark,
+                          "log_start_offset": self.log.log_start_offset, "records": b""}
+                return {"topics": [{"name": TOPIC, "partitions": [answer]}]}
             records = b"".join(self.log.read(part["fetch_offset"], part["partition_max_bytes"]))
             if not records:
                 await asyncio.sleep(body["max_wait_ms"] / 1000)  # the long poll, roughly
@@ -178,4 +187,61 @@ def test_run_loop_follows_until_stopped(stores: tuple[LogStore, LogStore]) -> No
         await asyncio.wait_for(task, 5)
 
     asyncio.run(scenario())
+    assert values_of(follower_log) == values_of(leader_log)
+
+
+def test_follower_behind_the_leaders_log_start_restarts_there(stores: tuple[LogStore, LogStore]) -> None:
+    leader_log = stores[0].open_partition(TOPIC_ID, INDEX)
+    follower_log = stores[1].open_partition(TOPIC_ID, INDEX)
+    append(leader_log, 0, b"a")
+    append(leader_log, 0, b"b", b"c")
+    append(leader_log, 0, b"d")  # offset 3
+    append(leader_log, 2, b"e")  # offset 4
+    leader_log.delete_prefix(3).result(timeout=10)  # retention took a, b, c; epoch 0 stays known
+    append(follower_log, 0, b"a")  # the follower has offset 0 only: no truncation by epoch
+    follower_log.set_high_watermark(1)
+    leader = FakeLeader(leader_log, leader_epoch=2)
+    leader.high_watermark = 5
+
+    async def scenario() -> None:
+        fetcher = SourceFetcher(FOLLOWER_ID, LEADER_ID, leader, max_wait_ms=0)
+        fetcher.assign(FollowedPartition(TOPIC_ID, TOPIC, INDEX, 2, follower_log))
+        assert await fetcher.run_once()
+        assert (follower_log.log_start_offset, follower_log.log_end_offset) == (3, 3)
+        assert follower_log.leader_epoch_entries() == []
+        assert follower_log.high_watermark == 3
+        assert await fetcher.run_once()
+
+    asyncio.run(scenario())
+    assert [f["fetch_offset"] for f in leader.fetches] == [1, 3]
+    assert values_of(follower_log) == values_of(leader_log) == [(3, 0, b"d"), (4, 2, b"e")]
+    assert follower_log.log_start_offset == 3
+    assert follower_log.leader_epoch_entries() == [(0, 3), (2, 4)]
+    assert follower_log.high_watermark == 5
+    follower_log.verify()
+
+
+@pytest.mark.parametrize("answer", [
+    {"index": INDEX, "error_code": errors.OFFSET_OUT_OF_RANGE, "high_watermark": 0,
+     "log_start_offset": 2, "records": b""},  # not above our fetch offset 2
+    {"index": INDEX, "error_code": errors.OFFSET_OUT_OF_RANGE},  # no log start given
+])
+def test_other_offset_out_of_range_answers_keep_the_log(
+        stores: tuple[LogStore, LogStore], answer: dict[str, Any]) -> None:
+    leader_log = stores[0].open_partition(TOPIC_ID, INDEX)
+    follower_log = stores[1].open_partition(TOPIC_ID, INDEX)
+    append(leader_log, 0, b"a", b"b")
+    append(follower_log, 0, b"a", b"b")
+    leader = FakeLeader(leader_log, leader_epoch=0)
+    leader.out_of_range = answer
+
+    async def scenario() -> None:
+        fetcher = SourceFetcher(FOLLOWER_ID, LEADER_ID, leader, max_wait_ms=0)
+        fetcher.assign(FollowedPartition(TOPIC_ID, TOPIC, INDEX, 0, follower_log))
+        assert await fetcher.run_once()
+        assert await fetcher.run_once()
+
+    asyncio.run(scenario())
+    assert [f["fetch_offset"] for f in leader.fetches] == [2, 2]
+    assert (follower_log.log_start_offset, follower_log.log_end_offset) == (0, 2)
     assert values_of(follower_log) == values_of(leader_log)

@@ -223,6 +223,68 @@ def test_truncate_below_log_start_restarts_there(store):
     log.verify()
 
 
+def test_truncate_fully_and_start_at_above_the_log(tmp_path):
+    path = tmp_path / "log"
+    with LogStore(path) as store:
+        log = store.open_partition("t", 0)
+        other = store.open_partition("t", 1)
+        _fill(log, 3, epoch=2)
+        _fill(other, 2)
+        log.set_high_watermark(25)
+        log.truncate_fully_and_start_at(100).result()
+        assert (log.log_start_offset, log.log_end_offset, log.size_bytes) == (100, 100, 0)
+        assert log.high_watermark == 100
+        assert log.leader_epoch_entries() == []
+        assert log.end_offset_for_epoch(2) == (-1, -1)
+        assert log.read(100, 1 << 20) == []
+        assert log.batch_summaries() == []
+        with pytest.raises(OffsetOutOfRangeError):
+            log.read(20, 100)
+        log.verify()
+        assert other.log_end_offset == 20 and _bases(other.read(0, 1 << 20)) == [0, 10]
+        other.verify()
+        # A follower copies on from the new start; the epoch cache restarts there.
+        follower_batch = stamp(make_batch(5), 100, 7)
+        log.append(follower_batch, 7, assign_offsets=False).result()
+        assert (log.log_start_offset, log.log_end_offset) == (100, 105)
+        assert log.leader_epoch_entries() == [(7, 100)]
+        log.verify()
+    with LogStore(path) as store:
+        log = store.get_partition("t", 0)
+        assert (log.log_start_offset, log.log_end_offset) == (100, 105)
+        assert log.leader_epoch_entries() == [(7, 100)]
+        assert _bases(log.read(100, 1 << 20)) == [100]
+        log.verify()
+
+
+def test_truncate_fully_and_start_at_below_or_inside_the_log(store):
+    log = store.open_partition("t", 0)
+    _fill(log, 4)
+    log.delete_prefix(20).result()
+    log.set_high_watermark(35)
+    log.truncate_fully_and_start_at(5).result()  # below the old log start: allowed
+    assert (log.log_start_offset, log.log_end_offset, log.high_watermark) == (5, 5, 5)
+    assert log.size_bytes == 0 and log.leader_epoch_entries() == []
+    log.verify()
+    _fill(log, 1, epoch=3)
+    log.truncate_fully_and_start_at(10).result()  # inside the old log: still emptied
+    assert (log.log_start_offset, log.log_end_offset, log.size_bytes) == (10, 10, 0)
+    assert _fill(log, 1, epoch=4)[0].base_offset == 10
+    assert log.leader_epoch_entries() == [(4, 10)]
+    log.verify()
+
+
+def test_truncate_fully_refuses_a_negative_offset_and_deleted_partitions(store):
+    log = store.open_partition("t", 0)
+    _fill(log, 1)
+    with pytest.raises(ValueError, match="negative"):
+        log.truncate_fully_and_start_at(-1).result()
+    assert (log.log_start_offset, log.log_end_offset) == (0, 10)
+    store.delete_partition("t", 0).result()
+    with pytest.raises(PartitionDeletedError):
+        log.truncate_fully_and_start_at(3).result()
+
+
 def test_offset_for_timestamp(store):
     log = store.open_partition("t", 0)
     assert log.offset_for_timestamp(0) is None
