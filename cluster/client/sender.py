@@ -167,6 +167,9 @@ class Sender:
         retry: list[ProducerBatch] = []
         now_s = self.acc.clock()
         if future.error is not None:
+            # No answer at all (timeout, lost connection): the broker may be stopped or no
+            # longer the leader, and nothing else would tell us, so look again.
+            self.client.metadata.request_update()
             for batch in batches:
                 self._classify(batch, future.error, now_s, retry, failed)
         elif self.acks == 0:
