@@ -62,7 +62,7 @@ from cluster.config import NodeConfig, load_config
 from cluster.controller_service import ControllerService
 from cluster.handlers import RequestHandlers
 from cluster.metadata_follower import RemoteMetadataConfig, RemoteMetadataLog
-from cluster.partitions import PartitionManager
+from cluster.partitions import PartitionManager, write_file_durably
 from cluster.peer import PeerClient, PeerError
 from cluster.protocol import errors
 from cluster.protocol.api import ApiKey
@@ -163,12 +163,7 @@ def read_or_create_meta(data_dir: Path, node_id: int, cluster_id: str | None = N
             )
         return stored_cluster_id
     cluster_id = cluster_id or uuid.uuid4().hex
-    temporary = path.with_suffix(".tmp")
-    with open(temporary, "w") as out:
-        out.write(f"version={META_VERSION}\nnode.id={node_id}\ncluster.id={cluster_id}\n")
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, path)
+    write_file_durably(path, f"version={META_VERSION}\nnode.id={node_id}\ncluster.id={cluster_id}\n")
     return cluster_id
 
 

@@ -105,11 +105,12 @@ def read_offset(path: Path | None) -> int:
         return 0
 
 
-def write_offset(path: Path, offset: int) -> None:
-    """Durably replace the file's offset (write, fsync, rename, fsync the directory)."""
+def write_file_durably(path: Path, text: str) -> None:
+    """Replace ``path``'s contents all or nothing: write a temporary file, fsync it, rename it
+    over ``path``, fsync the directory."""
     temporary = path.with_suffix(".tmp")
     with open(temporary, "w") as out:
-        out.write(f"{offset}\n")
+        out.write(text)
         out.flush()
         os.fsync(out.fileno())
     os.replace(temporary, path)
@@ -118,6 +119,11 @@ def write_offset(path: Path, offset: int) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def write_offset(path: Path, offset: int) -> None:
+    """Durably replace the file's offset."""
+    write_file_durably(path, f"{offset}\n")
 
 
 class PartitionManager:
