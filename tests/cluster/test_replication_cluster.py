@@ -63,11 +63,11 @@ def stored_records(directory: Path, topic_id: str, index: int, upper_offset: int
         store.close()
 
 
-def read_all(bootstrap: str, ends: dict[int, int]) -> dict[int, list[tuple[int, bytes | None]]]:
+def read_all(bootstrap: str, ends: dict[int, int], topic: str = TOPIC) -> dict[int, list[tuple[int, bytes | None]]]:
     """Every record below ``ends[p]`` of each partition, through a Consumer."""
     read: dict[int, list[tuple[int, bytes | None]]] = {p: [] for p in ends}
     with Consumer(bootstrap_servers=bootstrap) as consumer:
-        tps = [TopicPartition(TOPIC, p) for p in ends]
+        tps = [TopicPartition(topic, p) for p in ends]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
 

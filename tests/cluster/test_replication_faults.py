@@ -22,7 +22,7 @@ from cluster.protocol import errors
 from cluster.protocol.api import ApiKey
 from storage.log import LogStore
 from tests.cluster.multinode import LocalCluster, cluster_factory  # noqa: F401  (fixture)
-from tests.cluster.test_replication_cluster import stored_records
+from tests.cluster.test_replication_cluster import read_all, stored_records
 from tests.cluster.wire import batch
 
 MIN_INSYNC = {"min.insync.replicas": "2"}
@@ -96,19 +96,8 @@ def create_topic(cluster: LocalCluster, topic: str, partitions: int) -> int:
 
 
 def read_back(bootstrap: str, topic: str, ends: dict[int, int]) -> dict[int, list[tuple[int, bytes | None]]]:
-    """Every record below ``ends[p]`` of each partition, through a Consumer."""
-    read: dict[int, list[tuple[int, bytes | None]]] = {p: [] for p in ends}
-    with Consumer(bootstrap_servers=bootstrap) as consumer:
-        tps = [TopicPartition(topic, p) for p in ends]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-
-        def done() -> bool:
-            for tp, records in consumer.poll(timeout_ms=200).items():
-                read[tp.partition].extend((r.offset, r.value) for r in records)
-            return all(len(read[p]) >= ends[p] for p in ends)
-
-        wait_until(done, CATCH_UP_TIMEOUT_S, interval_s=0, message="reading every record back")
+    """Every record below ``ends[p]`` of each partition, through a Consumer, cut at ``ends[p]``."""
+    read = read_all(bootstrap, ends, topic)
     return {p: records[: ends[p]] for p, records in read.items()}
 
 
