@@ -115,14 +115,20 @@ class ControllerService:
 
     # -- broker lifecycle: what a broker asks of the active controller -------------------
 
-    async def register(self, broker_id: int, host: str, port: int, rack: str | None) -> None:
-        """Register (or re-register) a broker; NotControllerError when not active."""
+    async def register(self, broker_id: int, host: str, port: int, rack: str | None,
+                       incarnation_id: str) -> int:
+        """Register (or re-register) a broker and return its broker epoch;
+        NotControllerError when not active."""
         registered_ms = now_ms()
-        _, records = await self.commit(lambda image: _with_records(
-            controller.register_broker(image, broker_id, host, port, rack)))
+        image, records = await self.commit(lambda image: _with_records(
+            controller.register_broker(image, broker_id, host, port, rack, incarnation_id)))
         self.tracker.heartbeat(broker_id, registered_ms)
+        broker = image.brokers.get(broker_id)
+        epoch = broker.epoch if broker is not None else -1
         if records:
-            logger.info("node %d registered broker %d at %s:%d (rack %s)", self.node_id, broker_id, host, port, rack)
+            logger.info("node %d registered broker %d at %s:%d (rack %s, broker epoch %d)", self.node_id,
+                        broker_id, host, port, rack, epoch)
+        return epoch
 
     async def heartbeat(self, broker_id: int) -> tuple[bool, bool]:
         """(is_registered, is_fenced) after handling one heartbeat of ``broker_id``."""

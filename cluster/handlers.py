@@ -415,7 +415,8 @@ class RequestHandlers:
     async def describe_cluster(self, body: Any) -> Body:
         image = self.metadata.image
         brokers = [
-            {"node_id": b.broker_id, "host": b.host, "port": b.port, "rack": b.rack, "fenced": b.fenced}
+            {"node_id": b.broker_id, "host": b.host, "port": b.port, "rack": b.rack, "fenced": b.fenced,
+             "broker_epoch": b.epoch}
             for b in sorted(image.brokers.values(), key=lambda b: b.broker_id)
         ]
         raft = None
@@ -436,16 +437,17 @@ class RequestHandlers:
         host = _field(body, "host", str)
         port = _field(body, "port", int)
         rack = _field(body, "rack", str, default=None, nullable=True)
+        incarnation_id = _field(body, "incarnation_id", str)
         if cluster_id != self.cluster_id:
             return {"error_code": errors.INVALID_REQUEST,
                     "error_message": f"cluster id {cluster_id} is not this cluster's ({self.cluster_id})"}
         try:
-            await self.controller.register(broker_id, host, port, rack)
+            broker_epoch = await self.controller.register(broker_id, host, port, rack, incarnation_id)
         except NotControllerError as exc:
             return {"error_code": errors.NOT_CONTROLLER, "error_message": str(exc)}
         except (MetadataLogError, ValueError) as exc:
             return {"error_code": errors.REQUEST_TIMED_OUT, "error_message": str(exc)}
-        return {"error_code": errors.NONE, "error_message": None}
+        return {"error_code": errors.NONE, "error_message": None, "broker_epoch": broker_epoch}
 
     async def metadata_fetch(self, body: Any) -> Body:
         """A broker-only node follows this voter's image (``cluster.metadata_follower``)."""
@@ -515,6 +517,7 @@ class RequestHandlers:
 
     async def alter_partition(self, body: Any) -> Body:
         broker_id = _field(body, "broker_id", int)
+        broker_epoch = _field(body, "broker_epoch", int)
         forwarded_by = _field(body, "forwarded_by", int, default=None, nullable=True)
         items: list[tuple[str, int, int, int, list[int]]] = []
         for topic_request in _field(body, "topics", list):
@@ -531,7 +534,7 @@ class RequestHandlers:
             outcomes: list[str | None] = []
             for topic_id, index, leader_epoch, partition_epoch, new_isr in items:
                 made, error = lifecycle.alter_partition(image, topic_id, index, broker_id, leader_epoch,
-                                                        partition_epoch, new_isr)
+                                                        partition_epoch, new_isr, broker_epoch)
                 outcomes.append(error)
                 if made:
                     records.extend(made)
@@ -858,14 +861,17 @@ class RequestHandlers:
                 self.partitions.wake(key)  # consumers waiting below the old high watermark
         high_watermark = self.partitions.high_watermark(log)
         log_start_offset = log.log_start_offset
-        upper_offset = log.log_end_offset if replica_id >= 0 else high_watermark
-        if not log_start_offset <= fetch_offset <= upper_offset:
+        log_end_offset = log.log_end_offset
+        upper_offset = log_end_offset if replica_id >= 0 else high_watermark
+        if not log_start_offset <= fetch_offset <= log_end_offset:
             return error(errors.OFFSET_OUT_OF_RANGE,
-                         f"offset {fetch_offset} is outside [{log_start_offset}, {upper_offset}] of {name}-{index}",
+                         f"offset {fetch_offset} is outside [{log_start_offset}, {log_end_offset}] of {name}-{index}",
                          high_watermark, log_start_offset)
         limit_bytes = min(partition_max_bytes, remaining_bytes)
         records = b""
-        if first or limit_bytes > 0:
+        # A consumer between the high watermark and the log end gets nothing yet: a new leader's
+        # high watermark can briefly be below the one its predecessor served.
+        if fetch_offset < upper_offset and (first or limit_bytes > 0):
             try:
                 batches = log.read(fetch_offset, max(limit_bytes, 0), upper_offset=upper_offset)
             except OffsetOutOfRangeError as exc:  # retention moved the log start meanwhile

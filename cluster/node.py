@@ -186,6 +186,8 @@ class Node:
         self._isr_task: asyncio.Task | None = None
         self._roles_offset = -1  # metadata offset of the newest image the replicas were given
         self.cluster_id = ""
+        self.incarnation_id = uuid.uuid4().hex  # this run of the process (RegisterBrokerRecord)
+        self.broker_epoch = -1  # from this run's registration; sent with AlterPartition
         self._retention_task: asyncio.Task | None = None
         self._lifecycle_task: asyncio.Task | None = None
         self._stopping = False
@@ -298,6 +300,8 @@ class Node:
         assert self.replicas is not None
         while True:
             await asyncio.sleep(ISR_CHECK_INTERVAL_MS / 1000)
+            if self.broker_epoch < 0:
+                continue  # not registered in this run yet: no ISR change may be asked for
             try:
                 changes = self.replicas.isr_changes(int(time.time() * 1000))
                 if changes:
@@ -312,7 +316,7 @@ class Node:
             by_topic.setdefault(change.topic_id, []).append({
                 "index": change.partition, "leader_epoch": change.leader_epoch,
                 "partition_epoch": change.partition_epoch, "new_isr": list(change.new_isr)})
-        body = {"broker_id": self.config.node_id,
+        body = {"broker_id": self.config.node_id, "broker_epoch": self.broker_epoch,
                 "topics": [{"topic_id": t, "partitions": parts} for t, parts in by_topic.items()]}
         outcome: dict[tuple[str, int], int] = {}
         try:
@@ -337,8 +341,8 @@ class Node:
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
             broker = self.metadata.image.brokers.get(self.config.node_id)
-            if broker is not None and not broker.fenced:
-                return
+            if broker is not None and not broker.fenced and broker.incarnation_id == self.incarnation_id:
+                return  # unfenced as this run (an earlier run's registration does not count)
             if self._lifecycle_task is not None and self._lifecycle_task.done():
                 raise RuntimeError(f"node {self.config.node_id} could not join its own metadata quorum")
             if asyncio.get_running_loop().time() > deadline:
@@ -402,10 +406,12 @@ class Node:
         response = await self._controller_call(ApiKey.BROKER_REGISTRATION, {
             "broker_id": self.config.node_id, "cluster_id": self.cluster_id,
             "host": host, "port": port, "rack": self.config.rack,
+            "incarnation_id": self.incarnation_id,
         })
         if response is None:
             return False
         errors.check(response.get("error_code", errors.UNKNOWN_SERVER_ERROR), response.get("error_message"))
+        self.broker_epoch = int(response.get("broker_epoch", -1))
         logger.info("node %d registered with controller %s", self.config.node_id, self.controller.controller_id()
                     if self.controller else None)
         return True

@@ -99,6 +99,7 @@ class LeaderState:
             replica: FollowerState(last_caught_up_ms=now_ms if replica in isr else NEVER_MS)
             for replica in replicas if replica != leader_id
         }
+        self._advance_high_watermark()  # a leader alone in its ISR commits its whole log at once
 
     # -- events ---------------------------------------------------------------------------
 

@@ -262,19 +262,25 @@ def delete_topics(
 
 
 def register_broker(
-    image: MetadataImage, broker_id: int, host: str, port: int, rack: str | None
+    image: MetadataImage, broker_id: int, host: str, port: int, rack: str | None,
+    incarnation_id: str = "",
 ) -> list[MetadataRecord]:
-    """The records that register this broker: none if the image already has exactly it.
+    """The records that register this broker: none if the image already has exactly it
+    (the same endpoint, rack and incarnation: a retried registration).
 
     A registration leaves the broker fenced (``kraft.lifecycle.unfence_broker`` unfences
-    it). An unfenced broker that registers with a new endpoint or rack is fenced first,
-    with its partitions' leadership moved, so no fenced broker is left leading.
+    it) and gives it a new broker epoch. An unfenced broker that registers again (a new
+    endpoint or rack, or a restarted process: a new ``incarnation_id``) is fenced first,
+    with its partitions' leadership moved, so no fenced broker is left leading and no
+    request of its earlier run can change an ISR.
     """
     current = image.brokers.get(broker_id)
-    if current is not None and (current.host, current.port, current.rack) == (host, port, rack):
+    if current is not None and (current.host, current.port, current.rack, current.incarnation_id) \
+            == (host, port, rack, incarnation_id):
         return []
     records: list[MetadataRecord] = []
     if current is not None and not current.fenced:
         records.extend(fence_brokers(image, [broker_id]))
-    records.append(RegisterBrokerRecord(broker_id=broker_id, host=host, port=port, rack=rack))
+    records.append(RegisterBrokerRecord(broker_id=broker_id, host=host, port=port, rack=rack,
+                                        incarnation_id=incarnation_id))
     return records

@@ -18,9 +18,10 @@ partition that breaks its own invariants or moves an epoch backwards) raises
 ``ValueError`` and the whole call has no effect; the controller never emits such records,
 so this means a bug or a damaged log.
 
-Brokers: a RegisterBrokerRecord (new, or an existing id with a new endpoint) leaves the
-broker FENCED; only an UnfenceBrokerRecord lets it lead or join an ISR, and a
-FenceBrokerRecord takes that back. Fence and unfence name a registered broker.
+Brokers: a RegisterBrokerRecord (new, a new endpoint, or a new run of the process) leaves
+the broker FENCED and sets its broker epoch to the record's metadata offset; only an
+UnfenceBrokerRecord lets it lead or join an ISR, and a FenceBrokerRecord takes that back.
+Fence and unfence name a registered broker.
 
 Partitions: a PartitionRecord sets a partition's whole state (creation); a
 PartitionChangeRecord moves an existing one forward by exactly one partition epoch, and
@@ -39,7 +40,7 @@ by one leader epoch exactly when the leader changes (Kafka's PartitionChangeReco
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import ClassVar, Iterable, Mapping
 
@@ -68,6 +69,8 @@ class BrokerImage:
     port: int
     rack: str | None
     fenced: bool = False  # True from registration until the controller unfences it
+    incarnation_id: str = ""  # the registering process run (RegisterBrokerRecord)
+    epoch: int = -1  # broker epoch: the metadata offset of its latest RegisterBrokerRecord
 
 
 @dataclass(frozen=True)
@@ -184,8 +187,10 @@ class _Delta:
         return self.brokers
 
     def _register_broker(self, record: RegisterBrokerRecord) -> None:
+        # The record being replayed is the image's record number base.offset + applied + 1.
         self._brokers()[record.broker_id] = BrokerImage(
-            record.broker_id, record.host, record.port, record.rack, fenced=True
+            record.broker_id, record.host, record.port, record.rack, fenced=True,
+            incarnation_id=record.incarnation_id, epoch=self.base.offset + self.applied + 1,
         )
 
     def _set_fenced(self, record: MetadataRecord, broker_id: int, fenced: bool) -> None:
@@ -194,8 +199,7 @@ class _Delta:
         if broker is None:
             raise ValueError(f"{record}: broker {broker_id} is not registered")
         if broker.fenced != fenced:
-            brokers[broker_id] = BrokerImage(broker.broker_id, broker.host, broker.port,
-                                             broker.rack, fenced=fenced)
+            brokers[broker_id] = replace(broker, fenced=fenced)
 
     def _topics(self) -> dict[str, TopicImage | _WorkingTopic]:
         if self.topics is None:

@@ -59,6 +59,7 @@ UNKNOWN_TOPIC_OR_PARTITION = "UNKNOWN_TOPIC_OR_PARTITION"
 NOT_LEADER_OR_FOLLOWER = "NOT_LEADER_OR_FOLLOWER"
 FENCED_LEADER_EPOCH = "FENCED_LEADER_EPOCH"
 INVALID_UPDATE_VERSION = "INVALID_UPDATE_VERSION"
+STALE_BROKER_EPOCH = "STALE_BROKER_EPOCH"
 INVALID_REQUEST = "INVALID_REQUEST"
 
 
@@ -200,11 +201,14 @@ def alter_partition(
     leader_epoch: int,
     partition_epoch: int,
     new_isr: Sequence[int],
+    broker_epoch: int,
 ) -> tuple[list[MetadataRecord], str | None]:
     """Decide a leader's request to set its partition's ISR to ``new_isr``.
 
     Returns ``([PartitionChangeRecord], None)`` on success (same leader and leader epoch,
     partition epoch + 1), or ``([], error name)``: UNKNOWN_TOPIC_OR_PARTITION,
+    STALE_BROKER_EPOCH (``broker_epoch`` is not the leader's current broker epoch: the
+    request comes from an earlier run of the leader's process, KIP-841),
     NOT_LEADER_OR_FOLLOWER (``leader_id`` does not lead it), FENCED_LEADER_EPOCH (the
     leader epoch is not the current one), INVALID_UPDATE_VERSION (the partition epoch is
     not the current one: the leader has not seen the last change), INVALID_REQUEST (the
@@ -217,6 +221,9 @@ def alter_partition(
         return [], UNKNOWN_TOPIC_OR_PARTITION
     if leader_id != current.leader or current.leader == NO_LEADER:
         return [], NOT_LEADER_OR_FOLLOWER
+    sender = image.brokers.get(leader_id)
+    if sender is None or broker_epoch != sender.epoch:
+        return [], STALE_BROKER_EPOCH
     if leader_epoch != current.leader_epoch:
         return [], FENCED_LEADER_EPOCH
     if partition_epoch != current.partition_epoch:

@@ -53,7 +53,7 @@ SNAPSHOT_HEADER = struct.Struct(">II")  # payload length, CRC-32 of the payload
 SNAPSHOT_BYTES_MAX = 512 * 1024 * 1024
 
 # The order in which each image dataclass is written; must list every field (tested).
-BROKER_FIELDS = ("broker_id", "host", "port", "rack", "fenced")
+BROKER_FIELDS = ("broker_id", "host", "port", "rack", "fenced", "incarnation_id", "epoch")
 PARTITION_FIELDS = ("partition", "replicas", "isr", "leader", "leader_epoch", "partition_epoch")
 TOPIC_FIELDS = ("topic_id", "name", "configs", "partitions")
 IMAGE_FIELDS = ("brokers", "topics_by_id", "offset")
@@ -98,7 +98,8 @@ def image_from_plain(plain: Any) -> MetadataImage:
             _require(_is_int(broker.broker_id) and broker.broker_id not in brokers, "broker id")
             _require(isinstance(broker.host, str) and _is_int(broker.port)
                      and (broker.rack is None or isinstance(broker.rack, str))
-                     and isinstance(broker.fenced, bool), "broker fields")
+                     and isinstance(broker.fenced, bool) and isinstance(broker.incarnation_id, str)
+                     and _is_int(broker.epoch), "broker fields")
             brokers[broker.broker_id] = broker
         topics: dict[str, TopicImage] = {}
         for topic_id, name, configs, partitions_plain in topics_plain:

@@ -73,20 +73,26 @@ class RegisterBrokerRecord:
 
     A registered broker is fenced until an UnfenceBrokerRecord follows (Kafka KRaft: the
     controller unfences a broker once its heartbeats show it is ready).
+
+    ``incarnation_id`` names one run of the broker process (a fresh id at every start):
+    every new incarnation registers again, and the metadata offset of its record becomes
+    the broker's epoch (KIP-841), so requests sent by an earlier run can be told apart.
     """
 
     TYPE: ClassVar[int] = 0
-    VERSION: ClassVar[int] = 0
+    VERSION: ClassVar[int] = 1
     broker_id: int
     host: str
     port: int
     rack: str | None
+    incarnation_id: str = ""
 
     def __post_init__(self) -> None:
         _check_int(self.broker_id, "broker_id", 0)
         _check_str(self.host, "host")
         _check_int(self.port, "port", 1, PORT_MAX)
         _check_str(self.rack, "rack", optional=True)
+        _check_str(self.incarnation_id, "incarnation_id", non_empty=False)
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,9 @@ Fetch (1)
     A consumer sees only batches below the high watermark. The first batch at or after
     fetch_offset is returned even when it is larger than the byte limits (so a consumer always
     makes progress); batches may start before fetch_offset, and the client skips records below
-    it. An offset outside [log_start_offset, high_watermark] is OFFSET_OUT_OF_RANGE.
+    it. An offset outside [log_start_offset, log end offset] is OFFSET_OUT_OF_RANGE; a
+    consumer asking between the high watermark and the log end gets no records yet (a new
+    leader's high watermark can briefly be below the one its predecessor served).
 
 ListOffsets (2)
     request  {"replica_id": -1, "topics": [{"name", "partitions": [{"index", "timestamp"}]}]}
@@ -84,7 +86,7 @@ OffsetForLeaderEpoch (23)   a follower to its partition's leader (KIP-101)
     NOT_LEADER_OR_FOLLOWER from a node that does not lead the partition.
 
 AlterPartition (56)   a partition leader to the active controller: set its ISR
-    request  {"broker_id": int, "topics": [{"topic_id": str, "partitions": [{"index",
+    request  {"broker_id": int, "broker_epoch": int, "topics": [{"topic_id": str, "partitions": [{"index",
               "leader_epoch", "partition_epoch", "new_isr": [int]}]}],
               "forwarded_by": int (optional)}
     response {"error_code", "error_message": str | None,
@@ -93,7 +95,9 @@ AlterPartition (56)   a partition leader to the active controller: set its ISR
                           "partition_epoch", "isr": [int]}]}]}
     Decided by ``kraft.lifecycle.alter_partition``; forwarded to the active controller like
     CreateTopics (and answered NOT_CONTROLLER under the same rules). Per partition:
-    UNKNOWN_TOPIC_OR_PARTITION, NOT_LEADER_OR_FOLLOWER, FENCED_LEADER_EPOCH,
+    UNKNOWN_TOPIC_OR_PARTITION, NOT_LEADER_OR_FOLLOWER, STALE_BROKER_EPOCH ("broker_epoch"
+    is not the one of the sender's current registration: the request comes from an earlier
+    run of its process, KIP-841), FENCED_LEADER_EPOCH,
     INVALID_UPDATE_VERSION (the partition epoch is stale) or INVALID_REQUEST; on success
     "leader_id" / "leader_epoch" / "partition_epoch" / "isr" are the partition's new state
     (on an error: its current state, or -1 / [] when unknown).
@@ -102,7 +106,8 @@ DescribeCluster (60)
     request  {}
     response {"error_code", "error_message": str | None, "cluster_id": str,
               "controller_id": int (-1 = unknown),
-              "brokers": [{"node_id", "host", "port", "rack": str | None, "fenced": bool}],
+              "brokers": [{"node_id", "host", "port", "rack": str | None, "fenced": bool,
+                           "broker_epoch": int}],
               "raft": None (single node) | {"node_id", "voters": [int], "is_leader": bool,
                        "leader_id": int (-1 = unknown), "ready": bool, "term",
                        "commit_index", "last_applied", "metadata_offset"}}
@@ -110,11 +115,15 @@ DescribeCluster (60)
     node's own view of the metadata quorum.
 
 BrokerRegistration (62)   node to the active controller
-    request  {"broker_id", "cluster_id": str, "host", "port", "rack": str | None}
-    response {"error_code", "error_message": str | None}
+    request  {"broker_id", "cluster_id": str, "host", "port", "rack": str | None,
+              "incarnation_id": str (fresh at every start of the broker's process)}
+    response {"error_code", "error_message": str | None, "broker_epoch": int}
     NOT_CONTROLLER when the receiver is not the active controller; INVALID_REQUEST when
     the cluster id is not the controller's. A newly registered broker is fenced until
-    its first heartbeat.
+    its first heartbeat. Every new incarnation registers again and gets a new broker
+    epoch (the metadata offset of its registration); an unfenced broker registering again
+    is fenced first, so a restarted broker leads nothing until it is unfenced. The same
+    incarnation registering again (a retry) changes nothing.
 
 BrokerHeartbeat (63)   node to the active controller, every broker_heartbeat_interval_ms
     request  {"broker_id"}

@@ -75,6 +75,7 @@ GROUP_ID_NOT_FOUND = 69
 FENCED_LEADER_EPOCH = 74
 UNKNOWN_LEADER_EPOCH = 75
 UNSUPPORTED_COMPRESSION_TYPE = 76
+STALE_BROKER_EPOCH = 77
 OFFSET_NOT_AVAILABLE = 78
 FENCED_INSTANCE_ID = 82
 INVALID_RECORD = 87
@@ -297,6 +298,11 @@ class NonEmptyGroupError(KafkaError):
 class GroupIdNotFoundError(KafkaError):
     code = GROUP_ID_NOT_FOUND
     name = "GROUP_ID_NOT_FOUND"
+
+
+class StaleBrokerEpochError(KafkaError):
+    code = STALE_BROKER_EPOCH
+    name = "STALE_BROKER_EPOCH"
 
 
 class FencedLeaderEpochError(KafkaError):

@@ -61,7 +61,8 @@ def test_a_single_node_describes_itself_as_its_own_controller(node) -> None:
         unknown = client.call(ApiKey.BROKER_HEARTBEAT, {"broker_id": 7})
         assert (unknown["error_code"], unknown["is_registered"]) == (0, False)
         wrong_cluster = client.call(ApiKey.BROKER_REGISTRATION, {
-            "broker_id": 7, "cluster_id": "other", "host": "127.0.0.1", "port": 1, "rack": None})
+            "broker_id": 7, "cluster_id": "other", "host": "127.0.0.1", "port": 1, "rack": None,
+            "incarnation_id": "x"})
         assert wrong_cluster["error_code"] == errors.INVALID_REQUEST
 
 

@@ -134,7 +134,9 @@ def test_a_full_cluster_restart_keeps_every_topic_and_placement(cluster_factory)
                  for t in ("alpha", "beta")}
     leader_of_alpha0 = placement["alpha"][0][1]
     with cluster.client(leader_of_alpha0) as client:
-        assert client.produce("alpha", 0, batch([b"kept"]))["error_code"] == 0
+        # acks=all: committed on every ISR member, so it survives whichever replica leads
+        # after the restart (every restarted broker registers anew and is fenced first).
+        assert client.produce("alpha", 0, batch([b"kept"]), acks=-1)["error_code"] == 0
 
     cluster.kill9()
     cluster.start()

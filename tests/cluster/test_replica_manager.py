@@ -164,7 +164,8 @@ def test_isr_shrink_goes_through_alter_partition_and_comes_back_in_the_image() -
     assert node.isr_changes(LAG_MS + 2) == []  # one in flight at a time
     change = changes[0]
     records, error = alter_partition(image, change.topic_id, change.partition, change.leader_id,
-                                     change.leader_epoch, change.partition_epoch, change.new_isr)
+                                     change.leader_epoch, change.partition_epoch, change.new_isr,
+                                     image.brokers[change.leader_id].epoch)
     assert error is None
     node.on_image(image.apply(records), {KEY: log}, LAG_MS + 3)
     state = node.leaders[KEY]

@@ -52,6 +52,10 @@ def test_single_member_isr_high_watermark_is_the_log_end() -> None:
     state = leader(isr=(1,))
     assert state.on_leader_append(11) is True
     assert state.high_watermark == 11
+    # A leader that starts alone in its ISR (e.g. after a full-cluster restart) commits its
+    # whole log at once, without waiting for an append or a fetch.
+    assert leader(isr=(1,), leo=10, hw=4).high_watermark == 10
+    assert leader(isr=(1, 2), leo=10, hw=4).high_watermark == 4  # follower 2's end unknown
 
 
 def test_followers_outside_the_isr_do_not_hold_the_high_watermark() -> None:

@@ -50,8 +50,12 @@ def test_alter_partition_refuses_stale_epochs_and_non_leaders(node) -> None:
         _, p = partition_state(client, "isr")
         topic_id = wait_until(lambda: "created partition" in node.log() and _topic_id(node), 10)
 
-        def alter(broker_id: int, leader_epoch: int, partition_epoch: int, isr: list[int]) -> dict:
-            body = {"broker_id": broker_id, "topics": [{"topic_id": topic_id, "partitions": [
+        broker_epoch = client.call(ApiKey.DESCRIBE_CLUSTER, {})["brokers"][0]["broker_epoch"]
+        assert broker_epoch > 0
+
+        def alter(broker_id: int, leader_epoch: int, partition_epoch: int, isr: list[int],
+                  sender_epoch: int = broker_epoch) -> dict:
+            body = {"broker_id": broker_id, "broker_epoch": sender_epoch, "topics": [{"topic_id": topic_id, "partitions": [
                 {"index": 0, "leader_epoch": leader_epoch, "partition_epoch": partition_epoch, "new_isr": isr}]}]}
             response = client.call(ApiKey.ALTER_PARTITION, body)
             assert response["error_code"] == errors.NONE
@@ -60,11 +64,13 @@ def test_alter_partition_refuses_stale_epochs_and_non_leaders(node) -> None:
         leader, epoch = p["leader_id"], p["leader_epoch"]
         assert alter(leader + 1, epoch, 0, [leader + 1])["error_code"] == errors.NOT_LEADER_OR_FOLLOWER
         assert alter(leader, epoch + 1, 0, [leader])["error_code"] == errors.FENCED_LEADER_EPOCH
+        # A request of an earlier run of the leader's process (an older broker epoch) is refused.
+        assert alter(leader, epoch, 0, [leader], broker_epoch - 1)["error_code"] == errors.STALE_BROKER_EPOCH
         stale = alter(leader, epoch, 99, [leader])
         assert stale["error_code"] == errors.INVALID_UPDATE_VERSION
         assert (stale["leader_id"], stale["isr"]) == (leader, [leader])
         assert alter(leader, epoch, stale["partition_epoch"], [leader, 7])["error_code"] == errors.INVALID_REQUEST
-        body = {"broker_id": leader, "topics": [{"topic_id": "no-such-id", "partitions": [
+        body = {"broker_id": leader, "broker_epoch": broker_epoch, "topics": [{"topic_id": "no-such-id", "partitions": [
             {"index": 0, "leader_epoch": epoch, "partition_epoch": 0, "new_isr": [leader]}]}]}
         unknown = client.call(ApiKey.ALTER_PARTITION, body)["topics"][0]["partitions"][0]
         assert unknown["error_code"] == errors.UNKNOWN_TOPIC_OR_PARTITION
@@ -91,3 +97,22 @@ def test_a_replica_fetch_from_a_non_follower_is_refused(node) -> None:
         assert answer["error_code"] == errors.NOT_LEADER_OR_FOLLOWER
         consumer = client.fetch("solo", 0, 0)
         assert consumer["error_code"] == errors.NONE and consumer["high_watermark"] == 1
+
+
+def test_every_run_of_a_node_registers_under_a_new_broker_epoch(node) -> None:
+    """A restarted process is a new incarnation: a new broker epoch (so AlterPartition from
+    the earlier run is refused), a new leader epoch for its partitions, and its data kept."""
+    with WireClient(node.port) as client:
+        assert client.create_topic("runs")["error_code"] == 0
+        assert client.produce("runs", 0, batch([b"before"]), acks=-1)["error_code"] == 0
+        first_epoch = client.call(ApiKey.DESCRIBE_CLUSTER, {})["brokers"][0]["broker_epoch"]
+        first_leader_epoch = partition_state(client, "runs")[1]["leader_epoch"]
+    node.kill9()
+    node.start()
+    with WireClient(node.port) as client:
+        broker = client.call(ApiKey.DESCRIBE_CLUSTER, {})["brokers"][0]
+        assert broker["broker_epoch"] > first_epoch and not broker["fenced"]
+        p = wait_until(lambda: (lambda q: q if q["leader_id"] == 1 else None)(partition_state(client, "runs")[1]), 10)
+        assert p["leader_epoch"] > first_leader_epoch
+        produced = client.produce("runs", 0, batch([b"after"]), acks=-1)
+        assert (produced["error_code"], produced["base_offset"]) == (errors.NONE, 1)

@@ -57,9 +57,14 @@ def test_create_topic_with_config_and_partitions():
 
 def test_brokers_registered_and_replaced():
     image = orders_image()
-    assert image.brokers[2] == BrokerImage(2, "h2", 9093, "r2", fenced=True)
-    moved = image.apply([RegisterBrokerRecord(2, "h9", 1234, None)])
-    assert moved.brokers[2] == BrokerImage(2, "h9", 1234, None, fenced=True)
+    # The broker epoch is the metadata offset of the broker's registration (record 2 here).
+    assert image.brokers[2] == BrokerImage(2, "h2", 9093, "r2", fenced=True, epoch=2)
+    moved = image.apply([RegisterBrokerRecord(2, "h9", 1234, None, "run-2")])
+    assert moved.brokers[2] == BrokerImage(2, "h9", 1234, None, fenced=True, incarnation_id="run-2",
+                                           epoch=image.offset + 1)
+    # Fencing and unfencing keep the broker epoch.
+    unfenced = moved.apply([UnfenceBrokerRecord(2)])
+    assert unfenced.brokers[2].epoch == image.offset + 1 and not unfenced.brokers[2].fenced
     assert image.brokers[2].host == "h2"
     assert moved.topics_by_id is image.topics_by_id  # untouched parts are shared
 
@@ -183,14 +188,14 @@ def test_registration_fences_until_unfenced_and_fence_takes_it_back():
     twice = unfenced.apply([UnfenceBrokerRecord(1)])  # harmless: counted, nothing changes
     assert twice.brokers == unfenced.brokers and twice.offset == unfenced.offset + 1
     fenced = unfenced.apply([FenceBrokerRecord(1)])
-    assert fenced.brokers[1] == BrokerImage(1, "h1", 9092, None, fenced=True)
+    assert fenced.brokers[1] == BrokerImage(1, "h1", 9092, None, fenced=True, epoch=1)
     assert not unfenced.brokers[1].fenced  # the old image is unchanged
 
 
 def test_reregistration_updates_endpoint_and_leaves_the_broker_fenced():
     image = orders_image().apply([UnfenceBrokerRecord(2)])
     again = image.apply([RegisterBrokerRecord(2, "h2b", 9999, "r9")])
-    assert again.brokers[2] == BrokerImage(2, "h2b", 9999, "r9", fenced=True)
+    assert again.brokers[2] == BrokerImage(2, "h2b", 9999, "r9", fenced=True, epoch=image.offset + 1)
 
 
 def test_partition_change_keeps_replicas_and_steps_epochs():

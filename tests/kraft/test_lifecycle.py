@@ -18,6 +18,7 @@ from kraft.lifecycle import (
     INVALID_REQUEST,
     INVALID_UPDATE_VERSION,
     NOT_LEADER_OR_FOLLOWER,
+    STALE_BROKER_EPOCH,
     UNKNOWN_TOPIC_OR_PARTITION,
     HeartbeatTracker,
     alter_partition,
@@ -57,6 +58,12 @@ def with_topic(image: MetadataImage, name: str, partitions: int, replication_fac
 
 def partitions(image: MetadataImage, topic_id: str = TOPIC_ID) -> dict[int, PartitionImage]:
     return dict(image.topics_by_id[topic_id].partitions)
+
+
+def epoch_of(image: MetadataImage, broker_id: int) -> int:
+    """The broker epoch a live broker would send (-1 for one that is not registered)."""
+    broker = image.brokers.get(broker_id)
+    return broker.epoch if broker is not None else -1
 
 
 def decide(image: MetadataImage, records) -> MetadataImage:
@@ -119,7 +126,7 @@ def test_brokers_fail_one_by_one_and_come_back():
     # does not move by itself.
     for index, p in partitions(image).items():
         records, error = alter_partition(image, TOPIC_ID, index, 1, p.leader_epoch, p.partition_epoch,
-                                         list(p.replicas))
+                                         list(p.replicas), epoch_of(image, 1))
         assert error is None
         image = decide(image, records)
     rejoined = partitions(image)
@@ -167,7 +174,7 @@ def test_fencing_several_brokers_at_once_keeps_one_isr_member():
 
 def test_the_kept_isr_member_is_the_last_leader_whatever_the_isr_order():
     image = with_topic(brokers_up(1, 2), "orders", 1, 2)
-    records, error = alter_partition(image, TOPIC_ID, 0, 1, 0, 0, [2, 1])
+    records, error = alter_partition(image, TOPIC_ID, 0, 1, 0, 0, [2, 1], epoch_of(image, 1))
     image = decide(image, records)
     assert error is None and partitions(image)[0].isr == (2, 1)
     image = decide(image, fence_brokers(image, [1, 2]))
@@ -225,11 +232,11 @@ def three_replicas() -> MetadataImage:
 
 def test_alter_partition_shrinks_and_grows_the_isr(three_replicas):
     image = three_replicas
-    records, error = alter_partition(image, TOPIC_ID, 0, 1, 0, 0, [1, 3])
+    records, error = alter_partition(image, TOPIC_ID, 0, 1, 0, 0, [1, 3], epoch_of(image, 1))
     assert error is None
     assert records == [PartitionChangeRecord(TOPIC_ID, 0, 1, (1, 3), 0, 1)]
     image = decide(image, records)
-    records, error = alter_partition(image, TOPIC_ID, 0, 1, 0, 1, (1, 3, 2))
+    records, error = alter_partition(image, TOPIC_ID, 0, 1, 0, 1, (1, 3, 2), epoch_of(image, 1))
     assert error is None
     image = decide(image, records)
     assert partitions(image)[0] == PartitionImage(0, (1, 2, 3), (1, 3, 2), 1, 0, 2)
@@ -256,7 +263,7 @@ def test_alter_partition_shrinks_and_grows_the_isr(three_replicas):
 def test_alter_partition_errors(three_replicas, topic_id, partition, leader_id, leader_epoch,
                                 partition_epoch, new_isr, expected):
     assert alter_partition(three_replicas, topic_id, partition, leader_id, leader_epoch,
-                           partition_epoch, new_isr) == ([], expected)
+                           partition_epoch, new_isr, epoch_of(three_replicas, leader_id)) == ([], expected)
 
 
 def test_alter_partition_from_a_deposed_leader_is_fenced(three_replicas):
@@ -264,21 +271,48 @@ def test_alter_partition_from_a_deposed_leader_is_fenced(three_replicas):
     current = partitions(image)[0]
     assert current.leader == 2 and current.leader_epoch == 1
     # Broker 1 still thinks it leads at epoch 0: it is no longer the leader.
-    assert alter_partition(image, TOPIC_ID, 0, 1, 0, 0, [1]) == ([], NOT_LEADER_OR_FOLLOWER)
+    assert alter_partition(image, TOPIC_ID, 0, 1, 0, 0, [1], epoch_of(image, 1)) == ([], NOT_LEADER_OR_FOLLOWER)
     # The new leader quoting the old leader epoch or the old partition epoch is refused.
-    assert alter_partition(image, TOPIC_ID, 0, 2, 0, 1, [2]) == ([], FENCED_LEADER_EPOCH)
-    assert alter_partition(image, TOPIC_ID, 0, 2, 1, 0, [2]) == ([], INVALID_UPDATE_VERSION)
+    assert alter_partition(image, TOPIC_ID, 0, 2, 0, 1, [2], epoch_of(image, 2)) == ([], FENCED_LEADER_EPOCH)
+    assert alter_partition(image, TOPIC_ID, 0, 2, 1, 0, [2], epoch_of(image, 2)) == ([], INVALID_UPDATE_VERSION)
     # Growing the ISR with the fenced broker is refused; shrinking it is fine.
-    assert alter_partition(image, TOPIC_ID, 0, 2, 1, 1, [2, 3, 1]) == ([], INVALID_REQUEST)
-    records, error = alter_partition(image, TOPIC_ID, 0, 2, 1, 1, [2])
+    assert alter_partition(image, TOPIC_ID, 0, 2, 1, 1, [2, 3, 1], epoch_of(image, 2)) == ([], INVALID_REQUEST)
+    records, error = alter_partition(image, TOPIC_ID, 0, 2, 1, 1, [2], epoch_of(image, 2))
     assert error is None and decide(image, records)
+
+
+def test_alter_partition_from_an_earlier_run_of_the_leader_is_stale(three_replicas):
+    """KIP-841: a request sent just before the leader's process restarted may land after the
+    new run registered; its old broker epoch gets it refused even though every partition
+    epoch in it is still current."""
+    old_epoch = epoch_of(three_replicas, 1)
+    # The same run registering again (a retried registration) changes nothing.
+    assert register_broker(three_replicas, 1, "host1", 9001, None) == []
+    # A new run registers with a new incarnation: fenced, leadership moves, a new broker epoch.
+    image = decide(three_replicas, register_broker(three_replicas, 1, "host1", 9001, None, "run-2"))
+    assert image.brokers[1].fenced and image.brokers[1].epoch > old_epoch
+    assert partitions(image)[0].leader != 1
+    image = decide(image, unfence_broker(image, 1))
+    interim = partitions(image)[0]  # broker 2 leads; once broker 1 has caught up it is let back in
+    image = decide(image, alter_partition(image, TOPIC_ID, 0, interim.leader, interim.leader_epoch,
+                                          interim.partition_epoch, [*interim.isr, 1],
+                                          epoch_of(image, interim.leader))[0])
+    image = decide(image, elect_preferred_leaders(image))
+    current = partitions(image)[0]
+    assert current.leader == 1 and epoch_of(image, 1) > old_epoch
+    stale = alter_partition(image, TOPIC_ID, 0, 1, current.leader_epoch, current.partition_epoch,
+                            [1, 2, 3], old_epoch)
+    assert stale == ([], STALE_BROKER_EPOCH)
+    records, error = alter_partition(image, TOPIC_ID, 0, 1, current.leader_epoch, current.partition_epoch,
+                                     list(current.isr), epoch_of(image, 1))
+    assert error is None and records
 
 
 def test_alter_partition_of_an_offline_partition_is_refused():
     image = with_topic(brokers_up(1), "orders", 1, 1)
     image = decide(image, fence_brokers(image, [1]))
     assert partitions(image)[0].leader == NO_LEADER
-    assert alter_partition(image, TOPIC_ID, 0, NO_LEADER, 1, 1, [1]) == ([], NOT_LEADER_OR_FOLLOWER)
+    assert alter_partition(image, TOPIC_ID, 0, NO_LEADER, 1, 1, [1], epoch_of(image, NO_LEADER)) == ([], NOT_LEADER_OR_FOLLOWER)
 
 
 # -- the heartbeat tracker ----------------------------------------------------------------
@@ -386,7 +420,8 @@ def random_step(rng: random.Random, image: MetadataImage, topic_ids) -> tuple[st
         new_isr.append(leader_id)
     records, error = alter_partition(
         image, topic.topic_id, p.partition, leader_id,
-        p.leader_epoch - (rng.random() < 0.1), p.partition_epoch - (rng.random() < 0.1), new_isr)
+        p.leader_epoch - (rng.random() < 0.1), p.partition_epoch - (rng.random() < 0.1), new_isr,
+        epoch_of(image, leader_id) - (rng.random() < 0.1))
     assert (records == []) == (error is not None)
     return action, records
 
