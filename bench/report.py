@@ -3,7 +3,7 @@
 ``finish`` stamps a result dict with the git revision, the machine (cores, memory) and the
 time and writes it under ``bench/results`` (or ``out_dir``); ``summary`` renders a result of
 ``bench.perf`` (produce/consume) or ``bench.harness`` (a workload run, or a compare run) as
-text.
+text, with the runs and ratios of any peer system (``bench.peers``) that ran beside it.
 """
 
 from __future__ import annotations
@@ -74,9 +74,11 @@ def _cluster_lines(cluster: dict[str, Any]) -> list[str]:
         return [f"  node: start to first served request {ready:.2f} s, "
                 f"peak RSS {peak / 1e6:.0f} MB" if peak else "  node: peak RSS unknown"]
     idle = cluster.get("node_idle_rss_bytes") or []
+    cpu = cluster.get("node_cpu_s")
+    cpu_text = f"; CPU {', '.join('?' if c is None else f'{c:.1f}' for c in cpu)} s" if cpu else ""
     return [f"  nodes: {cluster['nodes']}, start to first served request "
             f"{', '.join(f'{s:.2f}' for s in ready)} s, cluster ready {cluster['cluster_ready_s']:.2f} s; "
-            f"RSS idle {_megabytes(idle)} MB, peak {_megabytes(peak or [])} MB"]
+            f"RSS idle {_megabytes(idle)} MB, peak {_megabytes(peak or [])} MB{cpu_text}"]
 
 
 def _run_lines(result: dict[str, Any]) -> list[str]:
@@ -106,5 +108,18 @@ def summary(result: dict[str, Any]) -> str:
     else:
         lines.extend(_run_lines(result))
     for name, peer in result.get("peers", {}).items():
-        lines.append(f"  peer {name}: {peer.get('reason', 'ran')}")
+        lines.extend(_peer_lines(name, peer))
     return "\n".join(lines)
+
+
+def _peer_lines(name: str, peer: dict[str, Any]) -> list[str]:
+    if not peer.get("runs"):
+        return [f"  peer {name}: {peer.get('reason', 'ran')}"]
+    lines = [f"  peer {name}: {peer.get('server_version', '')}, {peer.get('client', '')}, "
+             f"sync {peer.get('sync_interval', '?')}; {peer.get('reason', 'ran')}"]
+    for label, run in peer["runs"].items():
+        lines.append(f" {label}:")
+        lines.extend([f"  failed: {run['error']}"] if "error" in run else _run_lines(run))
+    for ratio_name, ratio in peer.get("ratios", {}).items():
+        lines.append(f"  ratio {ratio_name}: {ratio:.2f}")
+    return lines

@@ -24,7 +24,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "cluster/protocol": ("cluster.protocol", "msgpack"),
     "cluster": ("cluster", "storage", "kraft", "msgpack", "lmdb", "pysyncobj"),
     "bench": ("bench", "cluster.client", "cluster.launcher", "cluster.devcluster", "cluster.protocol",
-              "storage.batch", "lmdb", "tqdm", "msgpack", "matplotlib"),
+              "storage.batch", "lmdb", "tqdm", "msgpack", "matplotlib", "nats"),  # nats: optional peer
 }
 
 
