@@ -1,7 +1,8 @@
 """Replication under process faults, with real node processes and acks=all producers.
 
 A zombie leader (SIGSTOP past the broker session timeout, then SIGCONT) loses no
-acknowledged record, and the old leader truncates, follows and rejoins the ISR; a longer
+acknowledged record, and the old leader truncates, follows and rejoins the ISR; a producer
+talking to a stopped leader moves to the new one while the old one is still stopped; a longer
 run of 200,000 values through two kill -9s and one restart reads every acknowledged value
 back at its acknowledged offset, with the replicas identical below the high watermark."""
 
@@ -35,6 +36,8 @@ ZOMBIE_VALUES_MAX = 50_000  # bound on the zombie test's producer loop
 ZOMBIE_PACE_S = 0.001  # pause between two sends of the zombie test's producer thread
 ZOMBIE_DIRECT = [b"direct-0", b"direct-1"]  # written straight to the stopped leader
 FRESH_VALUES = 500  # values a second producer writes while the old leader is stopped
+MOVE_REQUEST_TIMEOUT_MS = 3000  # the moving producer's wait for an answer from the stopped leader
+MOVE_TIMEOUT_S = 60.0
 
 LONG_VALUES = 200_000
 LONG_VALUE_BYTES = 100
@@ -229,6 +232,62 @@ def test_zombie_leader_loses_no_acknowledged_write_and_rejoins(cluster_factory) 
         # must never become visible (the old leader truncates them away).
         assert not set(ZOMBIE_DIRECT) & {value for _, value in read[0]}, direct
     print(f"read back {ends[0]} records ({duplicates} duplicates from retries)")
+    check_replicas_identical(cluster, read, ends)
+
+
+@pytest.mark.timeout(180)
+def test_a_producer_moves_off_a_stopped_leader(cluster_factory) -> None:
+    """A producer whose requests to a SIGSTOPped leader get no answer gives up on them after
+    request_timeout_ms, refreshes its metadata and sends to the new leader while the old one
+    is still stopped: acks=all writes are acknowledged again before the zombie resumes."""
+    topic = "moves"
+    cluster = cluster_factory()
+    controller_id = create_topic(cluster, topic, 1)
+    victim = cluster.partitions(controller_id, topic)[0]["leader_id"]
+    survivors = [i for i in ALL_NODES if i != victim]
+    acks = AckLog()
+    stop_producing = threading.Event()
+    sent = [0]
+    with Producer(bootstrap_servers=cluster.bootstrap, acks="all", request_timeout_ms=MOVE_REQUEST_TIMEOUT_MS,
+                  delivery_timeout_ms=120000) as producer:
+
+        def produce() -> None:
+            for i in range(ZOMBIE_VALUES_MAX):
+                if stop_producing.is_set():
+                    return
+                value = b"moves-%06d" % i
+                producer.send(topic, value=value, partition=0) \
+                    .add_callback(acks.on_ack, value).add_errback(acks.on_error, value)
+                sent[0] = i + 1
+                stop_producing.wait(ZOMBIE_PACE_S * 5)
+
+        thread = threading.Thread(target=produce, name="moving-producer", daemon=True)
+        thread.start()
+        try:
+            wait_until(lambda: acks.count() >= 200, 30, message="acknowledgements before the stop")
+            cluster.nodes[victim].signal(signal.SIGSTOP)
+            stopped_at = time.monotonic()
+            acked_at_stop = acks.count()
+            # Acknowledgements resume, from the new leader, while the old one is still stopped.
+            wait_until(lambda: acks.count() >= acked_at_stop + 200, MOVE_TIMEOUT_S, interval_s=0.05,
+                       message="acknowledgements from the new leader during the stop")
+            resumed_s = time.monotonic() - stopped_at
+            new_leader = cluster.partitions(survivors[0], topic)[0]["leader_id"]
+            assert new_leader in survivors, new_leader
+            assert cluster.nodes[victim].running  # still stopped, not dead
+        finally:
+            stop_producing.set()
+            thread.join(timeout=30)
+            cluster.nodes[victim].signal(signal.SIGCONT)
+        producer.flush(timeout=90)
+    print(f"\nbroker {victim} stopped: the producer's acks=all writes were acknowledged by broker "
+          f"{new_leader} again {resumed_s:.1f} s later (request_timeout_ms {MOVE_REQUEST_TIMEOUT_MS})")
+    assert len(acks.acked) + len(acks.failed) == sent[0], (len(acks.acked), len(acks.failed), sent[0])
+    wait_until(lambda: isr_is(cluster, ALL_NODES, topic, ALL_NODES), CATCH_UP_TIMEOUT_S, interval_s=0.1,
+               message=f"broker {victim} back in the ISR")
+    ends = end_offsets(cluster.bootstrap, topic, 1)
+    read = read_back(cluster.bootstrap, topic, ends)
+    check_acked(acks, read, ends)
     check_replicas_identical(cluster, read, ends)
 
 
