@@ -157,3 +157,42 @@ def test_a_full_cluster_restart_keeps_every_topic_and_placement(cluster_factory)
     with cluster.client(leader_of_alpha0) as client:
         # Visible again once the restarted followers have fetched (the high watermark).
         wait_until(lambda: client.read_all("alpha", 0) == [(0, b"kept")], 10, message="the record read back")
+
+
+def test_a_partition_whose_only_replica_is_dead_is_offline_and_says_so(cluster_factory) -> None:
+    """No unclean election: a partition with no live ISR member has no leader (-1);
+    Metadata answers LEADER_NOT_AVAILABLE for it and ``kraft cluster status`` lists it as
+    offline, until its replica comes back and leads it again with its data."""
+    import subprocess
+    import sys
+
+    cluster = cluster_factory()
+    controller_id = cluster.wait_formed()
+    create(cluster, controller_id, "lonely", 3, 1)
+    placement = {i: p["replica_nodes"][0] for i, p in cluster.partitions(controller_id, "lonely").items()}
+    victim = next(i for i in (1, 2, 3) if i != controller_id and i in placement.values())
+    index = next(i for i, replica in placement.items() if replica == victim)
+    with cluster.client(victim) as client:  # once the victim has opened the partition
+        wait_until(lambda: client.produce("lonely", index, batch([b"kept"]))["error_code"] == 0, 10,
+                   message="a write to the victim's partition")
+    cluster.kill9(victim)
+
+    def offline() -> dict | None:
+        p = cluster.partitions(controller_id, "lonely")[index]
+        return p if p["leader_id"] == -1 else None
+
+    p = wait_until(offline, FAILOVER_DEADLINE_S, interval_s=0.05, message="the partition to go offline")
+    assert p["error_code"] == 5 and p["isr_nodes"] == [victim]  # LEADER_NOT_AVAILABLE; never unclean
+    status = subprocess.run([sys.executable, "-m", "cluster", "cluster", "status", "--bootstrap-server",
+                             cluster.nodes[controller_id].bootstrap], capture_output=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    out = status.stdout.decode()
+    assert "Offline: 1" in out and "offline" in out, out
+
+    cluster.start(victim)
+    back = wait_until(lambda: (lambda q: q if q["leader_id"] == victim else None)(
+        cluster.partitions(controller_id, "lonely")[index]), FAILOVER_DEADLINE_S, interval_s=0.05,
+        message="the replica back as leader")
+    assert back["error_code"] == 0
+    with cluster.client(victim) as client:
+        wait_until(lambda: client.read_all("lonely", index) == [(0, b"kept")], 10, message="its record")
