@@ -92,6 +92,12 @@ class NodeConfig:
     # An in-sync follower that has not caught up to the leader's log end for this long
     # is removed from the ISR.
     replica_lag_time_max_ms: int = 10000
+    # Consumer groups (coordinated by the active controller): the session timeouts a member
+    # may ask for (INVALID_SESSION_TIMEOUT outside them), and the heartbeat interval the
+    # coordinator tells members to keep.
+    group_min_session_timeout_ms: int = 1000
+    group_max_session_timeout_ms: int = 300000
+    group_heartbeat_interval_ms: int = 500
 
     @property
     def is_multi_node(self) -> bool:
@@ -297,6 +303,9 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Callable[[str], Any]]] = {
     "auto_leader_rebalance_enable": (_boolean, _env_bool),
     "leader_imbalance_check_interval_ms": (_positive, _env_int),
     "replica_lag_time_max_ms": (_positive, _env_int),
+    "group_min_session_timeout_ms": (_positive, _env_int),
+    "group_max_session_timeout_ms": (_positive, _env_int),
+    "group_heartbeat_interval_ms": (_positive, _env_int),
 }
 assert set(_KEYS) == {f.name for f in dataclasses.fields(NodeConfig)}
 
@@ -354,6 +363,18 @@ def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str
             f"{where('broker_session_timeout_ms')}: broker_session_timeout_ms must be greater than "
             f"broker_heartbeat_interval_ms ({config.broker_heartbeat_interval_ms}), "
             f"got {config.broker_session_timeout_ms}"
+        )
+    if config.group_max_session_timeout_ms < config.group_min_session_timeout_ms:
+        raise ConfigError(
+            f"{where('group_max_session_timeout_ms')}: group_max_session_timeout_ms must be >= "
+            f"group_min_session_timeout_ms ({config.group_min_session_timeout_ms}), "
+            f"got {config.group_max_session_timeout_ms}"
+        )
+    if config.group_heartbeat_interval_ms >= config.group_min_session_timeout_ms:
+        raise ConfigError(
+            f"{where('group_heartbeat_interval_ms')}: group_heartbeat_interval_ms must be less than "
+            f"group_min_session_timeout_ms ({config.group_min_session_timeout_ms}), "
+            f"got {config.group_heartbeat_interval_ms}"
         )
     return _check_cluster(config, where)
 

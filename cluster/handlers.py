@@ -21,6 +21,10 @@ State lives elsewhere, and flows like this:
     ReplicaManager (``cluster.replica_manager``) --> leader-side replication: the replicated
         high watermark consumers read below, followers' positions (a Fetch with
         replica_id >= 0 reports one), acks=all checks before the append and waits after it
+    GroupService (``cluster.group_service``) --> the consumer-group APIs (FindCoordinator,
+        ConsumerGroupHeartbeat, OffsetCommit/Fetch, ListGroups, ConsumerGroupDescribe,
+        DeleteGroups): parsed here, decided on the active controller only (NOT_COORDINATOR
+        elsewhere), group state and offsets kept as metadata records
 
 In a multi-node cluster only the active controller decides. CreateTopics / DeleteTopics
 reaching another node are forwarded to it (``_forward``, over ``cluster.peer``) and its
@@ -51,6 +55,8 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from cluster.config import NodeConfig
 from cluster.controller_service import ControllerService
+from cluster.group_coordinator import HeartbeatRequest, OffsetCommitRequest, PartitionCommit
+from cluster.group_service import GroupService
 from cluster.metadata_follower import METADATA_FETCH_WAIT_MS_MAX, metadata_fetch_response
 from cluster.partitions import PartitionKey, PartitionManager
 from cluster.peer import PeerClient, PeerError
@@ -60,9 +66,11 @@ from cluster.protocol.api import (
     ACKS_LEADER,
     ACKS_NONE,
     CONSUMER_REPLICA_ID,
+    COORDINATOR_KEY_TYPE_GROUP,
     EARLIEST_TIMESTAMP,
     LATEST_TIMESTAMP,
     NO_CONTROLLER_ID,
+    NO_MEMBER_EPOCH,
     RESOURCE_TYPE_TOPIC,
     SUPPORTED_VERSIONS,
     ApiKey,
@@ -70,6 +78,7 @@ from cluster.protocol.api import (
 from cluster.protocol.framing import RequestHeader
 from cluster.replica_manager import ReplicaManager
 from kraft import controller, lifecycle
+from kraft.groups import TopicPartitions, topic_partitions
 from kraft.image import MetadataImage, TopicImage
 from kraft.quorum import MetadataLogError
 from kraft.quorum import MetadataLog
@@ -124,6 +133,23 @@ def _strings(values: Any, key: str) -> list[str]:
     return values
 
 
+def _partition_indexes(values: Any) -> list[int]:
+    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                               for v in values):
+        raise errors.InvalidRequestError("partitions must be a list of partition indexes >= 0")
+    return values
+
+
+def _topic_partitions(values: Any, key: str) -> TopicPartitions:
+    """A ``topic_partitions`` list ([{"topic", "partitions"}]) as {topic: frozenset}."""
+    parsed: dict[str, frozenset[int]] = {}
+    for entry in values:
+        topic = _field(entry, "topic", str)
+        partitions = _partition_indexes(_field(entry, "partitions", list))
+        parsed[topic] = parsed.get(topic, frozenset()) | frozenset(partitions)
+    return topic_partitions(parsed.items())
+
+
 def _error_code(result: controller.ItemResult) -> int:
     """The wire code of a controller outcome (kraft speaks in Kafka error names)."""
     return errors.NONE if result.error is None else errors.error_class(result.error).code
@@ -139,7 +165,7 @@ class RequestHandlers:
     def __init__(
         self, config: NodeConfig, cluster_id: str, metadata: MetadataLog, partitions: PartitionManager,
         controller_service: ControllerService | None = None, peers: PeerClient | None = None,
-        replicas: ReplicaManager | None = None,
+        replicas: ReplicaManager | None = None, groups: GroupService | None = None,
     ) -> None:
         self.config = config
         self.node_id = config.node_id
@@ -149,6 +175,7 @@ class RequestHandlers:
         self.controller = controller_service or ControllerService(config, cluster_id, metadata)
         self.peers = peers or PeerClient(config.node_id)
         self.replicas = replicas
+        self.groups = groups or GroupService(config, self.controller, metadata)
         self.topic_defaults = config.topic_config_defaults()
         self._topic_configs: dict[str, tuple[Mapping[str, str], TopicConfig]] = {}
         self._routes: dict[int, Callable[[Any], Awaitable[Body | None]]] = {
@@ -166,6 +193,13 @@ class RequestHandlers:
             ApiKey.METADATA_FETCH: self.metadata_fetch,
             ApiKey.OFFSET_FOR_LEADER_EPOCH: self.offset_for_leader_epoch,
             ApiKey.ALTER_PARTITION: self.alter_partition,
+            ApiKey.FIND_COORDINATOR: self.find_coordinator,
+            ApiKey.CONSUMER_GROUP_HEARTBEAT: self.consumer_group_heartbeat,
+            ApiKey.OFFSET_COMMIT: self.offset_commit,
+            ApiKey.OFFSET_FETCH: self.offset_fetch,
+            ApiKey.LIST_GROUPS: self.list_groups,
+            ApiKey.CONSUMER_GROUP_DESCRIBE: self.consumer_group_describe,
+            ApiKey.DELETE_GROUPS: self.delete_groups,
         }
 
     async def handle(self, header: RequestHeader, body: Any) -> Body | None:
@@ -573,6 +607,70 @@ class RequestHandlers:
             return answer(self.metadata.image, None, errors.REQUEST_TIMED_OUT,
                           f"the metadata change may or may not have happened: {exc}")
         return answer(image, outcomes, errors.NONE, None)
+
+    # -- consumer groups (cluster.group_service: the active controller coordinates) ---------
+
+    async def find_coordinator(self, body: Any) -> Body:
+        key = _field(body, "key", str)
+        key_type = _field(body, "key_type", int, default=COORDINATOR_KEY_TYPE_GROUP)
+        return self.groups.find_coordinator(key, key_type)
+
+    async def consumer_group_heartbeat(self, body: Any) -> Body:
+        names = _field(body, "subscribed_topic_names", list, default=None, nullable=True)
+        owned = _field(body, "topic_partitions", list, default=None, nullable=True)
+        request = HeartbeatRequest(
+            group_id=_field(body, "group_id", str),
+            member_id=_field(body, "member_id", str),
+            member_epoch=_field(body, "member_epoch", int),
+            instance_id=_field(body, "instance_id", str, default=None, nullable=True),
+            rack_id=_field(body, "rack_id", str, default=None, nullable=True),
+            client_id=_field(body, "client_id", str, default=""),
+            rebalance_timeout_ms=_field(body, "rebalance_timeout_ms", int),
+            session_timeout_ms=_field(body, "session_timeout_ms", int),
+            subscribed_topic_names=None if names is None else tuple(_strings(names, "subscribed_topic_names")),
+            subscribed_topic_regex=_field(body, "subscribed_topic_regex", str, default=None, nullable=True),
+            owned=None if owned is None else _topic_partitions(owned, "topic_partitions"),
+        )
+        return await self.groups.heartbeat(request)
+
+    async def offset_commit(self, body: Any) -> Body:
+        topics = []
+        for topic in _field(body, "topics", list):
+            partitions = tuple(
+                PartitionCommit(
+                    index=_field(p, "index", int),
+                    committed_offset=_field(p, "committed_offset", int),
+                    committed_leader_epoch=_field(p, "committed_leader_epoch", int, default=NO_LEADER_EPOCH),
+                    committed_metadata=_field(p, "committed_metadata", str, default=None, nullable=True),
+                )
+                for p in _field(topic, "partitions", list)
+            )
+            topics.append((_field(topic, "name", str), partitions))
+        request = OffsetCommitRequest(
+            group_id=_field(body, "group_id", str),
+            member_id=_field(body, "member_id", str, default=""),
+            member_epoch=_field(body, "member_epoch", int, default=NO_MEMBER_EPOCH),
+            topics=tuple(topics),
+            admin_reset=_field(body, "admin_reset", bool, default=False),
+        )
+        return await self.groups.commit_offsets(request)
+
+    async def offset_fetch(self, body: Any) -> Body:
+        group_id = _field(body, "group_id", str)
+        wanted = _field(body, "topics", list, default=None, nullable=True)
+        topics = None if wanted is None else [
+            (_field(t, "name", str), _partition_indexes(_field(t, "partitions", list))) for t in wanted
+        ]
+        return await self.groups.fetch_offsets(group_id, topics)
+
+    async def list_groups(self, body: Any) -> Body:
+        return await self.groups.list_groups()
+
+    async def consumer_group_describe(self, body: Any) -> Body:
+        return await self.groups.describe_groups(_strings(_field(body, "group_ids", list), "group_ids"))
+
+    async def delete_groups(self, body: Any) -> Body:
+        return await self.groups.delete_groups(_strings(_field(body, "groups_names", list), "groups_names"))
 
     # -- DescribeConfigs --------------------------------------------------------------------
 

@@ -17,6 +17,8 @@ Theory of operation
                --> ISR loop          (every ISR_CHECK_INTERVAL_MS: the leaders' ISR changes,
                                       sent as AlterPartition to the active controller)
                --> ControllerService (metadata decisions; the active controller's timers)
+               --> GroupService      (consumer groups, coordinated by the active controller;
+                                      its session timers)
                --> RequestHandlers   (every API)  --> Server (asyncio TCP listener)
                --> retention task    (every log_retention_check_interval_ms)
                --> broker lifecycle  (register, then heartbeat to the active controller)
@@ -60,6 +62,7 @@ from typing import Mapping
 
 from cluster.config import NodeConfig, load_config
 from cluster.controller_service import ControllerService
+from cluster.group_service import GroupService
 from cluster.handlers import RequestHandlers
 from cluster.metadata_follower import RemoteMetadataConfig, RemoteMetadataLog
 from cluster.partitions import PartitionManager, write_file_durably
@@ -179,6 +182,7 @@ class Node:
         self.metadata: MetadataLog | None = None
         self.partitions: PartitionManager | None = None
         self.controller: ControllerService | None = None
+        self.groups: GroupService | None = None
         self.peers: PeerClient | None = None
         self.handlers: RequestHandlers | None = None
         self.replicas: ReplicaManager | None = None
@@ -230,6 +234,7 @@ class Node:
                                            offset_path=self.data_dir / RECONCILED_OFFSET_FILE)
         self.partitions.watch(self.metadata)
         self.controller = ControllerService(config, cluster_id, self.metadata)
+        self.groups = GroupService(config, self.controller, self.metadata)
         self.peers = PeerClient(config.node_id)
         # Followers long-poll their leaders: their own connections, apart from heartbeats.
         self.replica_peers = PeerClient(config.node_id)
@@ -238,7 +243,7 @@ class Node:
         self.partitions.replicas = self.replicas
         self.partitions.on_reconciled = self._on_reconciled
         self.handlers = RequestHandlers(config, cluster_id, self.metadata, self.partitions, self.controller, self.peers,
-                                        self.replicas)
+                                        self.replicas, self.groups)
         await self.handlers.start()
         self.server = Server(
             config.listener_host,
@@ -249,6 +254,7 @@ class Node:
             in_flight_max=config.request_in_flight_per_connection_max,
         )
         self.controller.start()
+        self.groups.start()
         self._lifecycle_task = asyncio.create_task(self._broker_lifecycle())
         if self.embedded:
             # Serve only once the node is its own controller and an unfenced broker, so the
@@ -441,6 +447,8 @@ class Node:
                 pass
         if self.controller is not None:
             await self.controller.stop()
+        if self.groups is not None:
+            await self.groups.stop()
         if self.peers is not None:
             self.peers.close()
         if self.replicas is not None:

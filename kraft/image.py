@@ -31,6 +31,11 @@ by one leader epoch exactly when the leader changes (Kafka's PartitionChangeReco
       -> PartitionChangeRecord(leader=3, isr=(1, 3), leader_epoch=5, partition_epoch=8)
       -> PartitionChangeRecord(leader=3, isr=(1, 2, 3), leader_epoch=5, partition_epoch=9)
 
+Consumer groups (``groups``: group id -> ``kraft.groups.GroupImage``) are applied by
+``kraft.groups.GroupsDelta``, to which the delta here hands every group record; removing a
+topic also removes its committed offsets and its partitions from every group's
+assignments, in the same apply.
+
 ``offset`` counts the records applied since the empty image. Example::
 
     image = MetadataImage.EMPTY.apply([TopicRecord("id-1", "orders")])
@@ -44,7 +49,9 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import ClassVar, Iterable, Mapping
 
+from kraft.groups import GroupImage, GroupsDelta
 from kraft.records import (
+    GROUP_RECORD_TYPES,
     NO_LEADER,
     ConfigRecord,
     FenceBrokerRecord,
@@ -100,6 +107,7 @@ class MetadataImage:
     brokers: Mapping[int, BrokerImage]
     topics_by_id: Mapping[str, TopicImage]
     offset: int  # number of records applied to reach this image
+    groups: Mapping[str, GroupImage] = field(default_factory=dict)  # consumer groups by id
     _topics_by_name: Mapping[str, TopicImage] = field(init=False, repr=False, compare=False)
 
     EMPTY: ClassVar["MetadataImage"]
@@ -107,6 +115,7 @@ class MetadataImage:
     def __post_init__(self) -> None:
         object.__setattr__(self, "brokers", _frozen(self.brokers))
         object.__setattr__(self, "topics_by_id", _frozen(self.topics_by_id))
+        object.__setattr__(self, "groups", _frozen(self.groups))
         by_name = {topic.name: topic for topic in self.topics_by_id.values()}
         assert len(by_name) == len(self.topics_by_id), "two topics share a name"
         object.__setattr__(self, "_topics_by_name", MappingProxyType(by_name))
@@ -158,6 +167,7 @@ class _Delta:
         self.brokers: dict[int, BrokerImage] | None = None
         self.topics: dict[str, TopicImage | _WorkingTopic] | None = None
         self.ids_by_name: dict[str, str] | None = None
+        self.groups = GroupsDelta(base.groups, self._partitions_of)
         self.applied = 0
 
     def replay(self, record: MetadataRecord) -> None:
@@ -177,6 +187,8 @@ class _Delta:
             self._set_fenced(record, record.broker_id, False)
         elif isinstance(record, RemoveTopicRecord):
             self._remove_topic(record)
+        elif isinstance(record, GROUP_RECORD_TYPES):
+            self.groups.replay(record)
         else:
             raise ValueError(f"not a metadata record: {type(record).__name__}")
         self.applied += 1
@@ -275,6 +287,18 @@ class _Delta:
         if topic is None:
             raise ValueError(f"{record}: unknown topic id")
         del self.ids_by_name[topic.name]
+        self.groups.remove_topic(topic.name)
+
+    def _partitions_of(self, name: str) -> Mapping[int, PartitionImage] | None:
+        """The partitions of topic ``name`` as this delta has it (for the group records)."""
+        topic: TopicImage | _WorkingTopic | None
+        if self.topics is None:
+            topic = self.base.topic(name)
+        else:
+            assert self.ids_by_name is not None
+            topic_id = self.ids_by_name.get(name)
+            topic = self.topics.get(topic_id) if topic_id is not None else None
+        return topic.partitions if topic is not None else None
 
     def build(self) -> MetadataImage:
         if self.applied == 0:
@@ -283,8 +307,10 @@ class _Delta:
             topic_id: topic.build() if isinstance(topic, _WorkingTopic) else topic
             for topic_id, topic in self.topics.items()
         }
+        groups = self.groups.build()
         return MetadataImage(
             brokers=self.base.brokers if self.brokers is None else self.brokers,
             topics_by_id=topics,
             offset=self.base.offset + self.applied,
+            groups=self.base.groups if groups is None else groups,
         )

@@ -13,7 +13,7 @@ A dump is one file::
 
     SNAPSHOT_MAGIC (8 bytes) | payload_length (u32 BE) | crc32(payload) (u32 BE) | payload
     payload = msgpack map {
-        "image":  [offset, brokers, topics],          (image_to_plain below)
+        "image":  [offset, brokers, topics, groups],  (image_to_plain below)
         "last":   [command, index, term],             the last journal entry the image includes
         "prev":   [command, index, term],             the entry before it (pysyncobj keeps both)
         "voters": ["host:port", ...],
@@ -27,7 +27,15 @@ field added to the image without being added here fails the suite instead of bei
 silently dropped from snapshots.
 
 Example: the image after ``RegisterBrokerRecord(1, "h", 9092, None)`` is
-``[1, [[1, "h", 9092, None, False]], []]``.
+``[1, [[1, "h", 9092, None, False, "", 1]], [], []]``.
+
+Consumer groups are written as ``[group_id, group_epoch, assignment_epoch,
+subscription_metadata, members, offsets]``; a member as its ``MEMBER_FIELDS`` in order
+(topic partitions as ``[[topic, [partition, ...]], ...]``), an offset as ``[topic,
+partition, committed_offset, committed_leader_epoch, committed_metadata]``. Reading a group
+back goes through the group records' own checks (``kraft.records``), so a damaged group
+is refused like a damaged record. An image written before groups existed (three
+elements) reads as one without groups.
 
 pysyncobj has the dump written to ``<file>.tmp`` and renames it over the file; the write
 is fsynced here, and ``kraft.raft_log`` fsyncs the directory after the rename and before
@@ -46,7 +54,15 @@ from typing import Any
 
 import msgpack
 
+from kraft.groups import CommittedOffset, GroupImage, GroupMemberImage, to_field, topic_partitions
 from kraft.image import BrokerImage, MetadataImage, PartitionImage, TopicImage
+from kraft.records import (
+    GroupMemberAssignmentRecord,
+    GroupMemberRecord,
+    GroupRecord,
+    GroupTargetAssignmentRecord,
+    OffsetCommitRecord,
+)
 
 SNAPSHOT_MAGIC = b"KRAFTSN1"  # the last byte is the format version
 SNAPSHOT_HEADER = struct.Struct(">II")  # payload length, CRC-32 of the payload
@@ -56,7 +72,12 @@ SNAPSHOT_BYTES_MAX = 512 * 1024 * 1024
 BROKER_FIELDS = ("broker_id", "host", "port", "rack", "fenced", "incarnation_id", "epoch")
 PARTITION_FIELDS = ("partition", "replicas", "isr", "leader", "leader_epoch", "partition_epoch")
 TOPIC_FIELDS = ("topic_id", "name", "configs", "partitions")
-IMAGE_FIELDS = ("brokers", "topics_by_id", "offset")
+IMAGE_FIELDS = ("brokers", "topics_by_id", "offset", "groups")
+GROUP_FIELDS = ("group_id", "group_epoch", "assignment_epoch", "subscription_metadata", "members", "offsets")
+MEMBER_FIELDS = ("member_id", "instance_id", "rack_id", "client_id", "subscribed_topic_names",
+                 "subscribed_topic_regex", "rebalance_timeout_ms", "session_timeout_ms", "member_epoch",
+                 "previous_member_epoch", "assigned", "pending_revocation", "target", "left_static")
+OFFSET_FIELDS = ("committed_offset", "committed_leader_epoch", "committed_metadata")
 
 JournalEntry = tuple[bytes, int, int]  # (command, raft index, raft term), as pysyncobj keeps it
 
@@ -70,7 +91,7 @@ class Snapshot:
 
 
 def image_to_plain(image: MetadataImage) -> list[Any]:
-    """The image as msgpack-ready lists: ``[offset, brokers, topics]``."""
+    """The image as msgpack-ready lists: ``[offset, brokers, topics, groups]``."""
     brokers = [
         [getattr(broker, name) for name in BROKER_FIELDS]
         for _, broker in sorted(image.brokers.items())
@@ -83,13 +104,75 @@ def image_to_plain(image: MetadataImage) -> list[Any]:
             for _, partition in sorted(topic.partitions.items())
         ]
         topics.append([topic.topic_id, topic.name, dict(topic.configs), partitions])
-    return [image.offset, brokers, topics]
+    groups = [_group_to_plain(group) for _, group in sorted(image.groups.items())]
+    return [image.offset, brokers, topics, groups]
+
+
+def _group_to_plain(group: GroupImage) -> list[Any]:
+    members = []
+    for _, member in sorted(group.members.items()):
+        values: list[Any] = []
+        for name in MEMBER_FIELDS:
+            value = getattr(member, name)
+            if name in ("assigned", "pending_revocation", "target"):
+                value = [[topic, list(parts)] for topic, parts in to_field(value)]
+            elif isinstance(value, tuple):
+                value = list(value)
+            values.append(value)
+        members.append(values)
+    offsets = [
+        [topic, partition, *(getattr(offset, name) for name in OFFSET_FIELDS)]
+        for topic, parts in sorted(group.offsets.items()) for partition, offset in sorted(parts.items())
+    ]
+    return [group.group_id, group.group_epoch, group.assignment_epoch,
+            [list(entry) for entry in group.subscription_metadata], members, offsets]
+
+
+def _group_from_plain(values: Any) -> GroupImage:
+    _require(isinstance(values, list) and len(values) == len(GROUP_FIELDS), "group")
+    group_id, group_epoch, assignment_epoch, metadata, members_plain, offsets_plain = values
+    header = GroupRecord(group_id, group_epoch, assignment_epoch, metadata)  # the record's checks
+    members: dict[str, GroupMemberImage] = {}
+    for member_values in members_plain:
+        _require(isinstance(member_values, list) and len(member_values) == len(MEMBER_FIELDS), "group member")
+        fields = dict(zip(MEMBER_FIELDS, member_values))
+        about = GroupMemberRecord(
+            group_id, fields["member_id"], fields["instance_id"], fields["rack_id"], fields["client_id"],
+            fields["subscribed_topic_names"], fields["subscribed_topic_regex"], fields["rebalance_timeout_ms"],
+            fields["session_timeout_ms"])
+        current = GroupMemberAssignmentRecord(
+            group_id, about.member_id, fields["member_epoch"], fields["previous_member_epoch"], fields["assigned"],
+            fields["pending_revocation"], fields["left_static"])
+        target = GroupTargetAssignmentRecord(group_id, about.member_id, fields["target"])
+        _require(about.member_id not in members, "group member id")
+        members[about.member_id] = GroupMemberImage(
+            member_id=about.member_id, instance_id=about.instance_id, rack_id=about.rack_id,
+            client_id=about.client_id, subscribed_topic_names=about.subscribed_topic_names,
+            subscribed_topic_regex=about.subscribed_topic_regex,
+            rebalance_timeout_ms=about.rebalance_timeout_ms, session_timeout_ms=about.session_timeout_ms,
+            member_epoch=current.member_epoch, previous_member_epoch=current.previous_member_epoch,
+            assigned=topic_partitions(current.assigned),
+            pending_revocation=topic_partitions(current.pending_revocation),
+            target=topic_partitions(target.target), left_static=current.left_static,
+        )
+    offsets: dict[str, dict[int, CommittedOffset]] = {}
+    for offset_values in offsets_plain:
+        _require(isinstance(offset_values, list) and len(offset_values) == 2 + len(OFFSET_FIELDS), "offset")
+        commit = OffsetCommitRecord(group_id, *offset_values)
+        parts = offsets.setdefault(commit.topic, {})
+        _require(commit.partition not in parts, "offset partition")
+        parts[commit.partition] = CommittedOffset(commit.committed_offset, commit.committed_leader_epoch,
+                                                  commit.committed_metadata)
+    return GroupImage(header.group_id, header.group_epoch, header.assignment_epoch,
+                      header.subscription_metadata, members, offsets)
 
 
 def image_from_plain(plain: Any) -> MetadataImage:
     """Inverse of ``image_to_plain``; ``ValueError`` if the data does not have its shape."""
     try:
-        offset, brokers_plain, topics_plain = plain
+        _require(isinstance(plain, list) and len(plain) in (3, 4), "image")
+        offset, brokers_plain, topics_plain = plain[:3]
+        groups_plain = plain[3] if len(plain) == 4 else []  # written before groups existed
         _require(_is_int(offset) and offset >= 0, "offset")
         brokers: dict[int, BrokerImage] = {}
         for values in brokers_plain:
@@ -122,7 +205,12 @@ def image_from_plain(plain: Any) -> MetadataImage:
             _require(topic_id not in topics, "topic id")
             topics[topic_id] = TopicImage(topic_id, name, configs, partitions)
         _require(len({t.name for t in topics.values()}) == len(topics), "topic names")
-        return MetadataImage(brokers=brokers, topics_by_id=topics, offset=offset)
+        groups: dict[str, GroupImage] = {}
+        for group_values in groups_plain:
+            group = _group_from_plain(group_values)
+            _require(group.group_id not in groups, "group id")
+            groups[group.group_id] = group
+        return MetadataImage(brokers=brokers, topics_by_id=topics, offset=offset, groups=groups)
     except ValueError:
         raise
     except (TypeError, KeyError, AssertionError) as exc:

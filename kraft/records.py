@@ -13,7 +13,9 @@ On the log a record is msgpack bytes: an array ``[type, version, field, field, .
 type numbers are Apache Kafka's metadata record API keys (RegisterBrokerRecord = 0,
 TopicRecord = 2, PartitionRecord = 3, ConfigRecord = 4, RemoveTopicRecord = 9), and the
 version lets a record gain fields later: a decoder refuses versions it does not know rather
-than guessing. Fields are positional, in the order the dataclass declares them.
+than guessing. Consumer-group records (group epochs, members, assignments, committed
+offsets) have kraft's own type numbers from 1000 up, a range Kafka's metadata record keys
+do not reach. Fields are positional, in the order the dataclass declares them.
 
 Example: ``TopicRecord(topic_id="t-1", name="orders")`` encodes as the msgpack array
 ``[2, 0, "t-1", "orders"]``.
@@ -211,9 +213,234 @@ class FenceBrokerRecord:
         _check_int(self.broker_id, "broker_id", 0)
 
 
+# -- consumer groups: kraft's own record types (1000+, outside Kafka's metadata keys) ------
+#
+# Group state and committed offsets live in the metadata log too (DESIGN.md §6), so they
+# survive a controller failover. The records carry full values, never diffs, and
+# ``kraft.groups`` applies them. A "topic partitions" field is a tuple of
+# ``(topic, (partition, ...))`` sorted by topic with sorted partitions, each topic once
+# and with at least one partition, e.g. ``(("orders", (0, 2)), ("audit", (1,)))`` is
+# stored as ``(("audit", (1,)), ("orders", (0, 2)))``.
+
+TopicPartitionsField = tuple[tuple[str, tuple[int, ...]], ...]
+TopicMetadataField = tuple[tuple[str, str, int], ...]
+NO_MEMBER_EPOCH = -1  # GroupMemberAssignmentRecord.previous_member_epoch before any epoch
+
+
+def _as_topic_partitions(record: Any, name: str) -> None:
+    """Check a topic partitions field and store it on ``record`` in canonical order."""
+    value = getattr(record, name)
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a sequence of (topic, partitions), got {type(value).__name__}")
+    entries: dict[str, tuple[int, ...]] = {}
+    for entry in value:
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+            raise ValueError(f"{name} entries must be (topic, partitions) pairs, got {entry!r}")
+        topic, partitions = entry
+        _check_str(topic, f"{name} topic")
+        if topic in entries:
+            raise ValueError(f"{name} lists topic {topic!r} twice")
+        if not isinstance(partitions, (list, tuple)) or not partitions:
+            raise ValueError(f"{name} partitions of {topic!r} must be a non-empty sequence")
+        for partition in partitions:
+            _check_int(partition, f"{name} partition of {topic!r}", 0)
+        if len(set(partitions)) != len(partitions):
+            raise ValueError(f"{name} lists a partition of {topic!r} twice: {list(partitions)}")
+        entries[topic] = tuple(sorted(partitions))
+    object.__setattr__(record, name, tuple(sorted(entries.items())))
+
+
+def _as_topic_metadata(record: Any, name: str) -> None:
+    """Check a ``((topic, topic_id, partition_count), ...)`` field; store it sorted."""
+    value = getattr(record, name)
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a sequence of (topic, topic_id, count), got {type(value).__name__}")
+    entries: dict[str, tuple[str, str, int]] = {}
+    for entry in value:
+        if not isinstance(entry, (list, tuple)) or len(entry) != 3:
+            raise ValueError(f"{name} entries must be (topic, topic_id, count), got {entry!r}")
+        topic, topic_id, count = entry
+        _check_str(topic, f"{name} topic")
+        _check_str(topic_id, f"{name} topic_id")
+        _check_int(count, f"{name} partition count", 1)
+        if topic in entries:
+            raise ValueError(f"{name} lists topic {topic!r} twice")
+        entries[topic] = (topic, topic_id, count)
+    object.__setattr__(record, name, tuple(entries[t] for t in sorted(entries)))
+
+
+def _as_string_tuple(record: Any, name: str) -> None:
+    value = getattr(record, name)
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a sequence of strings, got {type(value).__name__}")
+    for item in value:
+        _check_str(item, f"{name} entry")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{name} has a duplicate: {list(value)}")
+    object.__setattr__(record, name, tuple(sorted(value)))
+
+
+@dataclass(frozen=True)
+class GroupRecord:
+    """A consumer group's epochs: creates the group, or moves its epochs forward.
+
+    ``group_epoch`` steps on every change of membership, subscriptions or the partitions of
+    subscribed topics; ``assignment_epoch`` is the group epoch the target assignment was
+    computed at; ``subscription_metadata`` is what it was computed from:
+    ``((topic, topic_id, partition_count), ...)`` of every subscribed topic that exists.
+    """
+
+    TYPE: ClassVar[int] = 1000
+    VERSION: ClassVar[int] = 0
+    group_id: str
+    group_epoch: int
+    assignment_epoch: int
+    subscription_metadata: TopicMetadataField
+
+    def __post_init__(self) -> None:
+        _check_str(self.group_id, "group_id")
+        _check_int(self.group_epoch, "group_epoch", 0)
+        _check_int(self.assignment_epoch, "assignment_epoch", 0, self.group_epoch)
+        _as_topic_metadata(self, "subscription_metadata")
+
+
+@dataclass(frozen=True)
+class GroupMemberRecord:
+    """A member joins a group, or changes what it told the coordinator about itself.
+
+    A new member starts at member epoch 0 with nothing assigned; an existing one keeps its
+    assignment. ``subscribed_topic_names`` (sorted) and ``subscribed_topic_regex`` together
+    are its subscription.
+    """
+
+    TYPE: ClassVar[int] = 1001
+    VERSION: ClassVar[int] = 0
+    group_id: str
+    member_id: str
+    instance_id: str | None
+    rack_id: str | None
+    client_id: str
+    subscribed_topic_names: tuple[str, ...]
+    subscribed_topic_regex: str | None
+    rebalance_timeout_ms: int
+    session_timeout_ms: int
+
+    def __post_init__(self) -> None:
+        _check_str(self.group_id, "group_id")
+        _check_str(self.member_id, "member_id")
+        _check_str(self.instance_id, "instance_id", optional=True)
+        _check_str(self.rack_id, "rack_id", optional=True)
+        _check_str(self.client_id, "client_id", non_empty=False)
+        _as_string_tuple(self, "subscribed_topic_names")
+        _check_str(self.subscribed_topic_regex, "subscribed_topic_regex", optional=True)
+        _check_int(self.rebalance_timeout_ms, "rebalance_timeout_ms", 1)
+        _check_int(self.session_timeout_ms, "session_timeout_ms", 1)
+
+
+@dataclass(frozen=True)
+class GroupMemberAssignmentRecord:
+    """A member's current assignment: what it was given (``assigned``), what it must give
+    back (``pending_revocation``), its member epoch, and whether it left as a static member
+    that will come back (its partitions stay reserved)."""
+
+    TYPE: ClassVar[int] = 1002
+    VERSION: ClassVar[int] = 0
+    group_id: str
+    member_id: str
+    member_epoch: int
+    previous_member_epoch: int
+    assigned: TopicPartitionsField
+    pending_revocation: TopicPartitionsField
+    left_static: bool
+
+    def __post_init__(self) -> None:
+        _check_str(self.group_id, "group_id")
+        _check_str(self.member_id, "member_id")
+        _check_int(self.member_epoch, "member_epoch", 0)
+        _check_int(self.previous_member_epoch, "previous_member_epoch", NO_MEMBER_EPOCH)
+        _as_topic_partitions(self, "assigned")
+        _as_topic_partitions(self, "pending_revocation")
+        if not isinstance(self.left_static, bool):
+            raise ValueError(f"left_static must be a boolean, got {type(self.left_static).__name__}")
+
+
+@dataclass(frozen=True)
+class GroupTargetAssignmentRecord:
+    """One member's target assignment at the group's assignment epoch."""
+
+    TYPE: ClassVar[int] = 1003
+    VERSION: ClassVar[int] = 0
+    group_id: str
+    member_id: str
+    target: TopicPartitionsField
+
+    def __post_init__(self) -> None:
+        _check_str(self.group_id, "group_id")
+        _check_str(self.member_id, "member_id")
+        _as_topic_partitions(self, "target")
+
+
+@dataclass(frozen=True)
+class RemoveGroupMemberRecord:
+    """A member left or expired: its assignment and target are gone, its partitions free."""
+
+    TYPE: ClassVar[int] = 1004
+    VERSION: ClassVar[int] = 0
+    group_id: str
+    member_id: str
+
+    def __post_init__(self) -> None:
+        _check_str(self.group_id, "group_id")
+        _check_str(self.member_id, "member_id")
+
+
+@dataclass(frozen=True)
+class OffsetCommitRecord:
+    """A group's committed offset of one partition (creates the group if it has none)."""
+
+    TYPE: ClassVar[int] = 1005
+    VERSION: ClassVar[int] = 0
+    group_id: str
+    topic: str
+    partition: int
+    committed_offset: int
+    committed_leader_epoch: int
+    committed_metadata: str | None
+
+    def __post_init__(self) -> None:
+        _check_str(self.group_id, "group_id")
+        _check_str(self.topic, "topic")
+        _check_int(self.partition, "partition", 0)
+        _check_int(self.committed_offset, "committed_offset", 0)
+        _check_int(self.committed_leader_epoch, "committed_leader_epoch", -1)
+        _check_str(self.committed_metadata, "committed_metadata", optional=True, non_empty=False)
+
+
+@dataclass(frozen=True)
+class RemoveGroupRecord:
+    """A group without members is gone, with its committed offsets."""
+
+    TYPE: ClassVar[int] = 1006
+    VERSION: ClassVar[int] = 0
+    group_id: str
+
+    def __post_init__(self) -> None:
+        _check_str(self.group_id, "group_id")
+
+
+GROUP_RECORD_TYPES = (
+    GroupRecord, GroupMemberRecord, GroupMemberAssignmentRecord, GroupTargetAssignmentRecord,
+    RemoveGroupMemberRecord, OffsetCommitRecord, RemoveGroupRecord,
+)
+GroupMetadataRecord = Union[
+    GroupRecord, GroupMemberRecord, GroupMemberAssignmentRecord, GroupTargetAssignmentRecord,
+    RemoveGroupMemberRecord, OffsetCommitRecord, RemoveGroupRecord,
+]
+
+
 MetadataRecord = Union[
     RegisterBrokerRecord, TopicRecord, ConfigRecord, PartitionRecord, PartitionChangeRecord,
-    RemoveTopicRecord, UnfenceBrokerRecord, FenceBrokerRecord,
+    RemoveTopicRecord, UnfenceBrokerRecord, FenceBrokerRecord, GroupMetadataRecord,
 ]
 
 RECORD_TYPES: dict[int, type[MetadataRecord]] = {
@@ -223,10 +450,15 @@ RECORD_TYPES: dict[int, type[MetadataRecord]] = {
         RemoveTopicRecord, UnfenceBrokerRecord, FenceBrokerRecord,
     )
 }
+# kraft's own record types (consumer groups), numbered from 1000 so that they can never
+# collide with a Kafka metadata record key in RECORD_TYPES.
+KRAFT_RECORD_TYPES: dict[int, type[MetadataRecord]] = {cls.TYPE: cls for cls in GROUP_RECORD_TYPES}
+assert not set(KRAFT_RECORD_TYPES) & set(RECORD_TYPES) and min(KRAFT_RECORD_TYPES) >= 1000
+_ALL_RECORD_TYPES: dict[int, type[MetadataRecord]] = {**RECORD_TYPES, **KRAFT_RECORD_TYPES}
 
 # msgpack gives sequences back as lists; these fields are tuples on the record.
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {
-    cls: tuple(f.name for f in fields(cls)) for cls in RECORD_TYPES.values()
+    cls: tuple(f.name for f in fields(cls)) for cls in _ALL_RECORD_TYPES.values()
 }
 
 
@@ -256,7 +488,7 @@ def decode_record(data: bytes) -> MetadataRecord:
     if not isinstance(values, list) or len(values) < 2:
         raise ValueError("record must be a msgpack array [type, version, fields...]")
     record_type, version = values[0], values[1]
-    cls = RECORD_TYPES.get(record_type) if isinstance(record_type, int) and not isinstance(record_type, bool) else None
+    cls = _ALL_RECORD_TYPES.get(record_type) if isinstance(record_type, int) and not isinstance(record_type, bool) else None
     if cls is None:
         raise ValueError(f"unknown metadata record type {record_type!r}")
     if version != cls.VERSION or isinstance(version, bool):

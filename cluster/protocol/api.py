@@ -133,6 +133,91 @@ BrokerHeartbeat (63)   node to the active controller, every broker_heartbeat_int
     again. A fenced broker's heartbeat unfences it (is_fenced tells the state after the
     heartbeat was handled).
 
+Consumer groups (KIP-848 style, server-side assignment). The coordinator of every group is
+the active controller; group state and committed offsets are metadata records in the Raft
+quorum. A node that is not the active controller answers every group API (except
+FindCoordinator) with NOT_COORDINATOR (or COORDINATOR_NOT_AVAILABLE when it knows no
+controller); the client then asks FindCoordinator again. Topics are named, not by id.
+A "topic_partitions" list is [{"topic": str, "partitions": [int]}], sorted by topic with
+sorted partitions.
+
+FindCoordinator (10)
+    request  {"key": str (the group id), "key_type": 0}
+    response {"error_code", "error_message": str | None, "node_id", "host", "port"}
+    Any node answers with the active controller's client endpoint;
+    COORDINATOR_NOT_AVAILABLE (node_id -1) while there is none.
+
+ConsumerGroupHeartbeat (68)   a consumer to its group's coordinator
+    request  {"group_id", "member_id": str ("" to join), "member_epoch": int,
+              "instance_id": str | None, "rack_id": str | None, "client_id": str,
+              "rebalance_timeout_ms": int, "session_timeout_ms": int,
+              "subscribed_topic_names": [str] | None, "subscribed_topic_regex": str | None,
+              "topic_partitions": topic_partitions | None}
+    response {"error_code", "error_message": str | None, "member_id": str | None,
+              "member_epoch": int, "heartbeat_interval_ms": int,
+              "assignment": {"topic_partitions": topic_partitions} | None}
+    member_epoch 0 joins (the coordinator picks the member id when member_id is ""; a
+    static member names itself with instance_id), -1 leaves, -2 leaves as a static member
+    that will come back (its partitions stay reserved for session_timeout_ms). The
+    subscription fields and "topic_partitions" (what the member owns now) are None when
+    unchanged since the last heartbeat; a joining member sends both. "assignment" is None
+    when the member's assignment did not change; otherwise it is the member's whole
+    assignment at the returned epoch. A partition is given to a member only after its
+    previous owner's heartbeat no longer lists it (or that owner left or expired), so no
+    partition has two owners. Errors: UNKNOWN_MEMBER_ID (member unknown: rejoin with
+    epoch 0), FENCED_MEMBER_EPOCH (epoch ahead/behind beyond the one in flight: rejoin),
+    FENCED_INSTANCE_ID (another member holds the instance id), INVALID_REQUEST (bad
+    fields), INVALID_SESSION_TIMEOUT (outside the node's group_min/max_session_timeout_ms),
+    INVALID_GROUP_ID (empty id), NOT_COORDINATOR / COORDINATOR_NOT_AVAILABLE.
+
+OffsetCommit (8)
+    request  {"group_id", "member_id": str, "member_epoch": int,
+              "topics": [{"name", "partitions": [{"index", "committed_offset",
+                          "committed_leader_epoch": int, "committed_metadata": str | None}]}],
+              "admin_reset": bool (optional, default false)}
+    response {"topics": [{"name", "partitions": [{"index", "error_code",
+                          "error_message": str | None}]}]}
+    One request is one quorum append, whatever its size. member_epoch -1 with member_id ""
+    commits outside group membership (a consumer with assigned partitions, or a tool); it
+    is refused with UNKNOWN_MEMBER_ID while the group has members. A member's commit with
+    an epoch other than its current one is STALE_MEMBER_EPOCH (no zombie commits);
+    UNKNOWN_MEMBER_ID for an unknown member. An offset below the partition's committed
+    offset is refused with OFFSET_OUT_OF_RANGE (offsets never go backwards); only
+    "admin_reset": true may move them back, and only when the group has no members
+    (NON_EMPTY_GROUP otherwise); the coordinator logs every reset. An unknown topic or
+    partition is UNKNOWN_TOPIC_OR_PARTITION.
+
+OffsetFetch (9)
+    request  {"group_id", "topics": [{"name", "partitions": [int]}] | None (None = all)}
+    response {"error_code", "error_message": str | None,
+              "topics": [{"name", "partitions": [{"index", "committed_offset",
+                          "committed_leader_epoch", "committed_metadata": str | None,
+                          "error_code"}]}]}
+    committed_offset -1 when the group has none for the partition (also for an unknown group).
+
+ListGroups (16)
+    request  {}
+    response {"error_code", "error_message": str | None,
+              "groups": [{"group_id", "group_state": str, "member_count": int}]}
+    group_state: "empty" | "assigning" | "reconciling" | "stable".
+
+ConsumerGroupDescribe (69)
+    request  {"group_ids": [str]}
+    response {"groups": [{"error_code", "error_message": str | None, "group_id",
+              "group_state", "group_epoch", "assignment_epoch",
+              "members": [{"member_id", "instance_id": str | None, "client_id",
+                           "member_epoch", "subscribed_topic_names": [str],
+                           "subscribed_topic_regex": str | None,
+                           "assignment": topic_partitions,
+                           "target_assignment": topic_partitions}]}]}
+    GROUP_ID_NOT_FOUND for a group with neither members nor committed offsets.
+
+DeleteGroups (42)
+    request  {"groups_names": [str]}
+    response {"results": [{"group_id", "error_code", "error_message": str | None}]}
+    Removes the group and its committed offsets: NON_EMPTY_GROUP while it has members,
+    GROUP_ID_NOT_FOUND when it does not exist.
+
 MetadataFetch (1000)   broker-only node to a voter's client listener (not a Kafka API)
     request  {"after_offset": int, "max_wait_ms": int (optional, capped by the voter)}
     response {"error_code", "error_message": str | None, "offset": int,
@@ -159,15 +244,22 @@ class ApiKey(IntEnum):
     FETCH = 1
     LIST_OFFSETS = 2
     METADATA = 3
+    OFFSET_COMMIT = 8
+    OFFSET_FETCH = 9
+    FIND_COORDINATOR = 10
+    LIST_GROUPS = 16
     API_VERSIONS = 18
     CREATE_TOPICS = 19
     DELETE_TOPICS = 20
     OFFSET_FOR_LEADER_EPOCH = 23
     DESCRIBE_CONFIGS = 32
+    DELETE_GROUPS = 42
     ALTER_PARTITION = 56
     DESCRIBE_CLUSTER = 60
     BROKER_REGISTRATION = 62
     BROKER_HEARTBEAT = 63
+    CONSUMER_GROUP_HEARTBEAT = 68
+    CONSUMER_GROUP_DESCRIBE = 69
     METADATA_FETCH = 1000  # kraft's own: outside Kafka's numbering, for its later listener
 
 
@@ -184,3 +276,10 @@ EARLIEST_TIMESTAMP = -2
 CONSUMER_REPLICA_ID = -1
 RESOURCE_TYPE_TOPIC = 2
 NO_CONTROLLER_ID = -1
+
+COORDINATOR_KEY_TYPE_GROUP = 0
+JOIN_GROUP_MEMBER_EPOCH = 0
+LEAVE_GROUP_MEMBER_EPOCH = -1
+LEAVE_GROUP_STATIC_MEMBER_EPOCH = -2
+NO_MEMBER_EPOCH = -1  # OffsetCommit outside group membership (with member_id "")
+NO_COMMITTED_OFFSET = -1
