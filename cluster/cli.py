@@ -7,6 +7,9 @@
     kraft cluster status
     kraft produce TOPIC [--key-separator SEP] [--acks all|1|0]
     kraft consume TOPIC [--from-beginning] [--max-messages N] [--partition P --offset O] [--timeout-ms T]
+                        [--group G]
+    kraft groups list | describe GROUP | delete GROUP
+    kraft groups reset-offsets GROUP --topic T (--to-earliest | --to-latest | --to-offset N | --to-datetime ISO)
 
 Every client command takes ``--bootstrap-server HOST:PORT`` (default 127.0.0.1:9092). An
 error prints one line naming it (Kafka's error name) and exits non-zero. The node's own
@@ -16,6 +19,7 @@ code is imported only by ``kraft node``, so the client tools load no broker code
 from __future__ import annotations
 
 import argparse
+import datetime
 import signal
 import sys
 import time
@@ -26,6 +30,7 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 CONSUME_POLL_TIMEOUT_MS = 500
+CONSUME_POLL_RECORDS_MAX = 500
 
 
 def _parse_config_pairs(pairs: Sequence[str]) -> dict[str, str]:
@@ -129,7 +134,9 @@ def _cmd_consume(args: argparse.Namespace) -> int:
 
     reset = "earliest" if args.from_beginning else "latest"
     printed = 0
-    with Consumer(bootstrap_servers=args.bootstrap_server, auto_offset_reset=reset,
+    # With --group, poll never returns more than is still to print, so the auto commit (which
+    # commits exactly what poll returned) and the commit at close never skip a record.
+    with Consumer(bootstrap_servers=args.bootstrap_server, auto_offset_reset=reset, group_id=args.group,
                   client_id="kraft-consume") as consumer:
         if args.partition is not None:
             tp = TopicPartition(args.topic, args.partition)
@@ -146,7 +153,8 @@ def _cmd_consume(args: argparse.Namespace) -> int:
         out = sys.stdout.buffer
         last_record_s = time.monotonic()
         while args.max_messages is None or printed < args.max_messages:
-            batches = consumer.poll(timeout_ms=CONSUME_POLL_TIMEOUT_MS)
+            wanted = None if args.max_messages is None else min(CONSUME_POLL_RECORDS_MAX, args.max_messages - printed)
+            batches = consumer.poll(timeout_ms=CONSUME_POLL_TIMEOUT_MS, max_records=wanted)
             if batches:
                 last_record_s = time.monotonic()
             elif args.timeout_ms is not None and time.monotonic() - last_record_s > args.timeout_ms / 1000:
@@ -162,6 +170,63 @@ def _cmd_consume(args: argparse.Namespace) -> int:
                 if args.max_messages is not None and printed >= args.max_messages:
                     break
             out.flush()
+    return 0
+
+
+def _offset_text(offset: int) -> str:
+    return str(offset) if offset >= 0 else "-"
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [list(header)] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def _parse_datetime(text: str) -> datetime.datetime:
+    try:
+        return datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(f"error: --to-datetime expects an ISO 8601 time such as 2024-05-01T12:00:00, got {text!r}")
+
+
+def _cmd_groups(args: argparse.Namespace) -> int:
+    from cluster.client import Admin
+
+    with Admin(bootstrap_servers=args.bootstrap_server) as admin:
+        if args.groups_command == "list":
+            groups = admin.list_groups()
+            _print_table(["GROUP", "STATE", "MEMBERS"], [(g.group_id, g.state, g.member_count) for g in groups])
+        elif args.groups_command == "describe":
+            (group,) = admin.describe_groups([args.group])
+            print(f"Group: {group.group_id}\tState: {group.state}\tEpoch: {group.group_epoch}\t"
+                  f"Members: {len(group.members)}")
+            clients = {m.member_id: m.client_id for m in group.members}
+            print()
+            _print_table(
+                ["TOPIC", "PARTITION", "COMMITTED-OFFSET", "LOG-END-OFFSET", "LAG", "MEMBER"],
+                [(p.topic, p.partition, _offset_text(p.committed_offset), _offset_text(p.log_end_offset),
+                  _offset_text(p.lag), f"{p.member_id} ({clients.get(p.member_id, '')})" if p.member_id else "-")
+                 for p in group.partitions])
+            print(f"\nTotal lag: {group.total_lag}")
+            if group.members:
+                print()
+                _print_table(
+                    ["MEMBER", "INSTANCE", "CLIENT", "EPOCH", "PARTITIONS"],
+                    [(m.member_id, m.instance_id or "-", m.client_id, m.member_epoch,
+                      ",".join(f"{tp.topic}-{tp.partition}" for tp in m.assignment) or "-")
+                     for m in group.members])
+        elif args.groups_command == "reset-offsets":
+            to_datetime = _parse_datetime(args.to_datetime) if args.to_datetime is not None else None
+            moved = admin.reset_group_offsets(
+                args.group, args.topic, to_earliest=args.to_earliest, to_latest=args.to_latest,
+                to_offset=args.to_offset, to_datetime=to_datetime)
+            for tp, (old, new) in sorted(moved.items()):
+                print(f"{tp.topic}-{tp.partition}: {_offset_text(old)} -> {new}")
+        elif args.groups_command == "delete":
+            admin.delete_groups([args.group])
+            print(f"Deleted group {args.group}.")
     return 0
 
 
@@ -237,7 +302,27 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--timeout-ms", type=int, help="exit when no record arrives for this long")
     consume.add_argument("--print-key", action="store_true")
     consume.add_argument("--key-separator", default="\t")
+    consume.add_argument("--group", help="join this consumer group and commit what was printed")
     consume.set_defaults(func=_cmd_consume)
+
+    groups = client_parser("groups", "list, describe (with lag), reset offsets of and delete consumer groups")
+    groups_sub = groups.add_subparsers(dest="groups_command", required=True)
+    groups_list = groups_sub.add_parser("list")
+    groups_describe = groups_sub.add_parser("describe")
+    groups_describe.add_argument("group")
+    groups_delete = groups_sub.add_parser("delete")
+    groups_delete.add_argument("group")
+    reset = groups_sub.add_parser("reset-offsets", help="move an empty group's committed offsets of a topic")
+    reset.add_argument("group")
+    reset.add_argument("--topic", required=True)
+    to = reset.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to-earliest", action="store_true")
+    to.add_argument("--to-latest", action="store_true")
+    to.add_argument("--to-offset", type=int, metavar="N")
+    to.add_argument("--to-datetime", metavar="ISO", help="e.g. 2024-05-01T12:00:00 (local time without a zone)")
+    for p in (groups_list, groups_describe, groups_delete, reset):
+        p.add_argument("--bootstrap-server", default=argparse.SUPPRESS, metavar="HOST:PORT")
+    groups.set_defaults(func=_cmd_groups)
     return parser
 
 

@@ -73,3 +73,57 @@ def test_unreachable_server_is_reported(tmp_path) -> None:
     out = kraft("topics", "list", "--bootstrap-server", f"127.0.0.1:{free_port()}", timeout_s=90)
     assert out.returncode != 0
     assert out.stderr.strip() and out.stderr.count(b"\n") == 1
+
+
+def test_groups_consume_describe_reset_delete(node) -> None:
+    b = ["--bootstrap-server", node.bootstrap]
+    assert kraft("topics", "create", "clicks", "--partitions", "2", *b).returncode == 0
+    lines = b"".join(b"k%d:click-%d\n" % (i % 7, i) for i in range(100))
+    assert kraft("produce", "clicks", "--key-separator", ":", *b, stdin=lines).returncode == 0
+
+    first = kraft("consume", "clicks", "--group", "readers", "--from-beginning", "--max-messages", "60", *b)
+    assert first.returncode == 0, first.stderr
+    assert len(first.stdout.splitlines()) == 60
+    listed = kraft("groups", "list", *b)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split()[:3] == [b"GROUP", b"STATE", b"MEMBERS"]
+    assert b"readers" in listed.stdout and b"empty" in listed.stdout
+
+    described = kraft("groups", "describe", "readers", *b)
+    assert described.returncode == 0, described.stderr
+    text = described.stdout.decode()
+    assert "COMMITTED-OFFSET" in text and "LOG-END-OFFSET" in text and "LAG" in text
+    assert "Total lag: 40" in text, text
+
+    # the group resumes where it committed: the rest, and nothing twice
+    second = kraft("consume", "clicks", "--group", "readers", "--timeout-ms", "1500", *b)
+    assert second.returncode == 0, second.stderr
+    assert sorted(first.stdout.splitlines() + second.stdout.splitlines()) == sorted(b"click-%d" % i for i in range(100))
+    assert "Total lag: 0" in kraft("groups", "describe", "readers", *b).stdout.decode()
+
+    reset = kraft("groups", "reset-offsets", "readers", "--topic", "clicks", "--to-earliest", *b)
+    assert reset.returncode == 0, reset.stderr
+    moved = sorted(reset.stdout.decode().splitlines())
+    assert len(moved) == 2 and all(line.startswith("clicks-") and line.endswith("-> 0") for line in moved)
+    assert "Total lag: 100" in kraft("groups", "describe", "readers", *b).stdout.decode()
+    to_offset = kraft("groups", "reset-offsets", "readers", "--topic", "clicks", "--to-offset", "3", *b)
+    assert to_offset.returncode == 0 and all(line.endswith("0 -> 3") for line in to_offset.stdout.decode().splitlines())
+    at_time = kraft("groups", "reset-offsets", "readers", "--topic", "clicks", "--to-datetime", "2000-01-01T00:00:00", *b)
+    assert at_time.returncode == 0, at_time.stderr
+    assert all(line.endswith("3 -> 0") for line in at_time.stdout.decode().splitlines())
+
+    deleted = kraft("groups", "delete", "readers", *b)
+    assert deleted.returncode == 0, deleted.stderr
+    missing = kraft("groups", "describe", "readers", *b)
+    assert missing.returncode != 0 and b"GROUP_ID_NOT_FOUND" in missing.stderr
+    assert missing.stderr.count(b"\n") == 1
+
+
+def test_group_commands_report_kafka_errors_in_one_line(node) -> None:
+    b = ["--bootstrap-server", node.bootstrap]
+    gone = kraft("groups", "delete", "never-was", *b)
+    assert gone.returncode != 0 and b"GROUP_ID_NOT_FOUND" in gone.stderr and gone.stderr.count(b"\n") == 1
+    no_topic = kraft("groups", "reset-offsets", "g", "--topic", "nope", "--to-latest", *b)
+    assert no_topic.returncode != 0 and b"UNKNOWN_TOPIC_OR_PARTITION" in no_topic.stderr
+    bad_time = kraft("groups", "reset-offsets", "g", "--topic", "nope", "--to-datetime", "yesterday", *b)
+    assert bad_time.returncode != 0 and b"--to-datetime" in bad_time.stderr and bad_time.stderr.count(b"\n") == 1

@@ -7,7 +7,8 @@ application that produces and consumes loads no broker code. Layout, bottom up:
 * ``metadata`` / ``network`` — the cluster picture and the connection pool;
 * ``partitioner``, ``futures``, ``accumulator``, ``sender``, ``producer`` — the produce path;
 * ``subscription``, ``fetcher``, ``consumer`` — the consume path;
-* ``admin`` — topics, configs and the cluster;
+* ``group`` — consumer group membership: the coordinator, heartbeats, assignments;
+* ``admin`` — topics, configs, groups and the cluster;
 * ``errors`` — ``cluster.protocol.errors`` plus client-side errors (``KraftError`` is the root).
 """
 
@@ -15,14 +16,19 @@ from __future__ import annotations
 
 from cluster.client import errors
 from cluster.client.admin import Admin
-from cluster.client.consumer import Consumer
+from cluster.client.consumer import Consumer, ConsumerRebalanceListener
 from cluster.client.futures import RecordFuture
 from cluster.client.producer import Producer
 from cluster.client.structs import (
     BrokerInfo,
     ClusterDescription,
     ConsumerRecord,
+    GroupDescription,
+    GroupListing,
+    GroupPartitionLag,
+    MemberDescription,
     NewTopic,
+    OffsetAndMetadata,
     OffsetAndTimestamp,
     PartitionDescription,
     RecordMetadata,
@@ -31,7 +37,8 @@ from cluster.client.structs import (
 )
 
 __all__ = [
-    "Admin", "BrokerInfo", "ClusterDescription", "Consumer", "ConsumerRecord", "NewTopic",
-    "OffsetAndTimestamp", "PartitionDescription", "Producer", "RecordFuture", "RecordMetadata",
-    "TopicDescription", "TopicPartition", "errors",
+    "Admin", "BrokerInfo", "ClusterDescription", "Consumer", "ConsumerRebalanceListener", "ConsumerRecord",
+    "GroupDescription", "GroupListing", "GroupPartitionLag", "MemberDescription", "NewTopic",
+    "OffsetAndMetadata", "OffsetAndTimestamp", "PartitionDescription", "Producer", "RecordFuture",
+    "RecordMetadata", "TopicDescription", "TopicPartition", "errors",
 ]

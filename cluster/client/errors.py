@@ -35,3 +35,12 @@ class IllegalStateError(KraftError):
     """The client was used in a way its state does not allow (closed, not assigned, ...)."""
 
     name = "ILLEGAL_STATE"
+
+
+class CommitFailedError(KraftError):
+    """An offset commit was refused because this consumer is no longer the group member that
+    owns the partitions: it was fenced (STALE_MEMBER_EPOCH, UNKNOWN_MEMBER_ID) or it left the
+    group (``max_poll_interval_ms`` passed without a ``poll``). Its partitions may already
+    belong to another member; the next ``poll`` rejoins the group."""
+
+    name = "COMMIT_FAILED"

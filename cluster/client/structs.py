@@ -39,6 +39,14 @@ class OffsetAndTimestamp(NamedTuple):
     timestamp: int
 
 
+class OffsetAndMetadata(NamedTuple):
+    """A committed offset: the offset of the next record to read, with optional metadata."""
+
+    offset: int
+    metadata: str | None = None
+    leader_epoch: int = -1
+
+
 class BrokerInfo(NamedTuple):
     node_id: int
     host: str
@@ -90,3 +98,53 @@ class ClusterDescription:
     controller_id: int
     brokers: tuple[BrokerStatus, ...]
     raft: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class GroupListing:
+    """One line of ListGroups: ``state`` is "empty", "assigning", "reconciling" or "stable"."""
+
+    group_id: str
+    state: str
+    member_count: int
+
+
+@dataclass(frozen=True)
+class MemberDescription:
+    member_id: str
+    instance_id: str | None
+    client_id: str
+    member_epoch: int
+    assignment: tuple[TopicPartition, ...]
+    target_assignment: tuple[TopicPartition, ...] = ()
+    subscribed_topic_names: tuple[str, ...] = ()
+    subscribed_topic_regex: str | None = None
+
+
+@dataclass(frozen=True)
+class GroupPartitionLag:
+    """Where a group stands on one partition. ``committed_offset`` is -1 when the group has
+    committed nothing there; ``log_end_offset`` and ``lag`` are -1 when the partition's end
+    could not be looked up (a deleted topic). Without a commit, the lag counts from the log
+    start, since that is what a consumer with ``auto_offset_reset="earliest"`` would read."""
+
+    topic: str
+    partition: int
+    committed_offset: int
+    log_end_offset: int
+    lag: int
+    member_id: str | None = None
+
+
+@dataclass(frozen=True)
+class GroupDescription:
+    group_id: str
+    state: str
+    group_epoch: int
+    assignment_epoch: int
+    members: tuple[MemberDescription, ...]
+    partitions: tuple[GroupPartitionLag, ...]
+
+    @property
+    def total_lag(self) -> int:
+        return sum(p.lag for p in self.partitions if p.lag > 0)

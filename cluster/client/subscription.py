@@ -13,14 +13,19 @@ explicit partitions (``assign``), and per assigned partition a ``PartitionState`
   in-flight responses from before the change are recognized and dropped;
 * ``paused``, ``backoff_until_s``, ``error`` (raised by the next ``poll``).
 
-Who assigns partitions is not decided here: ``assign`` is the user's choice,
-``assign_from_subscribed`` is called by whatever maps a subscription to partitions
-(today every partition of the subscribed topics, later a group coordinator). The fetcher
-and ``poll`` only read positions and generations; ``seek`` and resets write them.
+A subscription names topics (``subscribed``) or a regular expression (``pattern``).
+Who assigns partitions is not decided here: ``assign`` is the user's choice;
+``assign_from_subscribed`` maps a subscription without a group to every partition of its
+topics; ``assign_from_group`` applies what the group coordinator gave this member (the
+consumer reconciles it in ``poll``). Partitions that stay assigned keep their state, so
+their fetching never stops. A partition removed and later assigned again continues its
+old generation count, so data fetched for it before the removal is never taken as new.
+The fetcher and ``poll`` only read positions and generations; ``seek`` and resets write them.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Iterable
 
@@ -65,13 +70,17 @@ class SubscriptionState:
         self.data_ready = threading.Condition(self.lock)  # poll waits on it
         self.fetcher_wakeup = threading.Condition(self.lock)  # the fetcher waits on it
         self.subscribed: frozenset[str] | None = None
+        self.pattern: re.Pattern[str] | None = None
         self.assignment: dict[TopicPartition, PartitionState] = {}
+        self._retired_generations: dict[TopicPartition, int] = {}
         self.user_assigned = False
         self.version = 0  # bumped on every assignment change
 
     # -- subscription and assignment ------------------------------------------------------
 
-    def subscribe(self, topics: Iterable[str]) -> None:
+    def subscribe(self, topics: Iterable[str], keep_assignment: bool = False) -> None:
+        """Subscribe to ``topics``; partitions of other topics are dropped unless
+        ``keep_assignment`` (a group member keeps them until the coordinator revokes them)."""
         names = [topics] if isinstance(topics, str) else list(topics)
         if not all(isinstance(t, str) and t for t in names):
             raise errors.InvalidTopicExceptionError(f"topics must be non-empty str, got {names!r}")
@@ -79,8 +88,35 @@ class SubscriptionState:
             if self.user_assigned and self.assignment:
                 raise errors.IllegalStateError("subscribe() after assign(): call unsubscribe() first")
             self.user_assigned = False
+            self.pattern = None
             self.subscribed = frozenset(names)
-            self._set_assignment([tp for tp in self.assignment if tp.topic in self.subscribed])
+            if not keep_assignment:
+                self._set_assignment([tp for tp in self.assignment if tp.topic in self.subscribed])
+
+    def subscribe_pattern(self, pattern: str | re.Pattern[str], keep_assignment: bool = False) -> None:
+        """Subscribe to every topic whose whole name matches ``pattern`` (``keep_assignment``:
+        as for ``subscribe``)."""
+        try:
+            compiled = re.compile(pattern) if isinstance(pattern, str) else pattern
+        except re.error as exc:
+            raise errors.InvalidTopicExceptionError(f"bad topic pattern {pattern!r}: {exc}") from None
+        with self.lock:
+            if self.user_assigned and self.assignment:
+                raise errors.IllegalStateError("subscribe() after assign(): call unsubscribe() first")
+            self.user_assigned = False
+            self.pattern = compiled
+            self.subscribed = frozenset()  # the matching topics, once known
+            if not keep_assignment:
+                self._set_assignment([tp for tp in self.assignment if compiled.fullmatch(tp.topic)])
+
+    def set_pattern_topics(self, topics: Iterable[str]) -> None:
+        """The topics that match the pattern now (a subscription without a group)."""
+        with self.lock:
+            if self.pattern is not None:
+                self.subscribed = frozenset(t for t in topics if self.pattern.fullmatch(t))
+
+    def is_subscribed(self) -> bool:
+        return self.subscribed is not None
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         tps = [TopicPartition(*tp) for tp in partitions]
@@ -102,15 +138,39 @@ class SubscriptionState:
             self._set_assignment(tps)
             return True
 
+    def assign_from_group(self, partitions: Iterable[TopicPartition],
+                          positions: dict[TopicPartition, int] | None = None) -> None:
+        """Set the assignment the group gave this member; new partitions start at
+        ``positions`` (their committed offsets) where given, else at a reset."""
+        with self.lock:
+            if self.subscribed is None:
+                raise errors.IllegalStateError("a group assignment needs a subscription")
+            self._set_assignment(list(partitions))
+            for tp, offset in (positions or {}).items():
+                state = self.assignment.get(tp)
+                if state is not None and offset >= 0:
+                    state.set_position(offset)
+
     def unsubscribe(self) -> None:
         with self.lock:
             self.subscribed = None
+            self.pattern = None
             self.user_assigned = False
             self._set_assignment([])
 
     def _set_assignment(self, tps: list[TopicPartition]) -> None:
         old = self.assignment
-        self.assignment = {tp: old.get(tp) or PartitionState() for tp in sorted(set(tps))}
+        new: dict[TopicPartition, PartitionState] = {}
+        for tp in sorted(set(tps)):
+            state = old.get(tp)
+            if state is None:
+                state = PartitionState()
+                state.generation = self._retired_generations.pop(tp, -1) + 1
+            new[tp] = state
+        for tp, state in old.items():
+            if tp not in new:
+                self._retired_generations[tp] = state.generation
+        self.assignment = new
         self.version += 1
         self.fetcher_wakeup.notify_all()
         self.data_ready.notify_all()
@@ -118,6 +178,16 @@ class SubscriptionState:
     def assigned(self) -> set[TopicPartition]:
         with self.lock:
             return set(self.assignment)
+
+    def positions(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The known positions of those of ``tps`` that are assigned."""
+        with self.lock:
+            found = {}
+            for tp in tps:
+                state = self.assignment.get(tp)
+                if state is not None and state.position is not None:
+                    found[tp] = state.position
+            return found
 
     def topics_of_interest(self) -> set[str]:
         with self.lock:
