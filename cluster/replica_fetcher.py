@@ -31,8 +31,12 @@ OFFSET_OUT_OF_RANGE with a ``log_start_offset`` above the fetch offset means the
 has deleted (retention) the prefix we would copy next: nothing below its log start can
 ever be fetched, so the follower empties its log and restarts it there
 (``truncate_fully_and_start_at``), as Kafka does, and fetches on from that offset. Any
-other OFFSET_OUT_OF_RANGE is only logged (a fetch offset past the leader's log end is
-settled by truncation for the next leader epoch).
+other OFFSET_OUT_OF_RANGE means our log ends past the leader's: the partition goes back to
+the truncation phase, as does one whose log end moved while its fetch was in flight.
+
+Before a partition's truncation point is chosen, the fetcher waits for every write queued
+to the store before it (``barrier``): appends this node accepted while it still led the
+partition then land first, and are truncated away if the new leader does not hold them.
 
 I/O goes through two small ports so that the logic is tested without sockets:
 ``ReplicaTransport.call(broker_id, api_key, body, timeout_ms)`` and the ``ReplicaLog`` part
@@ -106,6 +110,8 @@ class ReplicaLog(Protocol):
                assign_offsets: bool = True) -> concurrent.futures.Future[Any]: ...
 
     def truncate_to(self, offset: int) -> concurrent.futures.Future[None]: ...
+
+    def barrier(self) -> concurrent.futures.Future[None]: ...
 
     def truncate_fully_and_start_at(self, offset: int) -> concurrent.futures.Future[None]: ...
 
@@ -185,6 +191,11 @@ class SourceFetcher:
             pending = [p for p in self.partitions.values() if not p.truncated and not p.parked]
             if not pending:
                 return
+            # Appends this node accepted while it led (queued, not yet committed) must be in
+            # the log before its epochs and end are read: landing after the truncation point
+            # was chosen, they would sit below the new leader's data unnoticed.
+            await asyncio.gather(*(asyncio.wrap_future(p.log.barrier()) for p in pending),
+                                 return_exceptions=True)
             by_topic: dict[str, list[dict[str, Any]]] = {}
             for p in pending:
                 by_topic.setdefault(p.topic, []).append({
@@ -243,8 +254,18 @@ class SourceFetcher:
             if code == errors.OFFSET_OUT_OF_RANGE and leader_log_start > fetch_offsets[p.key]:
                 await self._restart_at(p, fetch_offsets[p.key], leader_log_start)
                 continue
+            if code == errors.OFFSET_OUT_OF_RANGE:
+                # Our log ends past the leader's: it holds records the leader does not have.
+                self._truncate_again(p, f"fetch offset {fetch_offsets[p.key]} is past its log end")
+                continue
             if code != errors.NONE:
                 self._refused(p, code)
+                continue
+            if p.log.log_end_offset != fetch_offsets[p.key]:
+                # The log changed under the fetch (a late write of this node's own): the answer
+                # no longer fits it, and where the logs agree must be settled again.
+                self._truncate_again(p, f"our log end moved from {fetch_offsets[p.key]} to "
+                                        f"{p.log.log_end_offset} during the fetch")
                 continue
             await self._append(p, answer.get("records") or b"")
             p.log.set_high_watermark(follower_high_watermark(
@@ -256,7 +277,12 @@ class SourceFetcher:
         for view in batch_codec.split_batches(records):
             header = batch_codec.validate(view)
             if header.base_offset + header.last_offset_delta < expected:
-                continue  # already held (a batch straddling our log end cannot happen)
+                continue  # already held
+            if header.base_offset < expected:
+                # A batch straddling our log end: our last batch is not the leader's.
+                self._truncate_again(p, f"the leader's batch at {header.base_offset} straddles "
+                                        f"our log end {expected}")
+                break
             if header.base_offset != expected:
                 raise errors.CorruptMessageError(
                     f"{p.topic}-{p.index}: leader sent offset {header.base_offset}, expected {expected}")
@@ -273,6 +299,12 @@ class SourceFetcher:
         logger.info("node %d restarted %s-%d at offset %d: broker %d deleted up to there "
                     "(our fetch offset was %d)", self.node_id, p.topic, p.index, leader_log_start,
                     self.source_id, fetch_offset)
+
+    def _truncate_again(self, p: FollowedPartition, why: str) -> None:
+        """Go back to the truncation phase (OffsetsForLeaderEpoch) for this partition."""
+        logger.warning("node %d truncates %s-%d again following broker %d at epoch %d: %s",
+                       self.node_id, p.topic, p.index, self.source_id, p.leader_epoch, why)
+        p.truncated = False
 
     def _unpark(self, p: FollowedPartition) -> None:
         if self.partitions.get(p.key) is p and p.parked:

@@ -226,6 +226,12 @@ class _DeletePrefix(_Op):
         self.offset = offset
 
 
+class _Barrier(_Op):
+    """Writes nothing: completes once every op queued before it has been committed."""
+
+    __slots__ = ()
+
+
 class _OpenPartition(_Op):
     __slots__ = ("topic", "partition")
 
@@ -669,6 +675,8 @@ class LogStore:
                 return None
             if type(op) is _OpenPartition:
                 return self._apply_open_partition(op, txn, draft)
+            if type(op) is _Barrier:
+                return None
             if type(op) is _DeletePartition:
                 self._apply_delete_partition(op.log, txn, cursor, draft)
                 return None
@@ -987,6 +995,15 @@ class PartitionLog:
         ``ValueError``), and its own leader epoch (``leader_epoch`` only fills in a -1).
         """
         op = _Append(self, batch, leader_epoch, assign_offsets)
+        self._store._submit(op)
+        return op.future
+
+    def barrier(self) -> concurrent.futures.Future[None]:
+        """A future that completes once every write queued before this call (to any
+        partition of the store) has been committed or has failed: the log end offset read
+        after it includes them all. A replica that stops leading waits for it before
+        deciding where to truncate, so that no append it accepted as leader lands later."""
+        op = _Barrier()
         self._store._submit(op)
         return op.future
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -52,6 +52,7 @@ class FakeLeader:
         self.reachable = True
         self.out_of_range: dict[str, Any] | None = None  # answer every Fetch with this
         self.fetches: list[dict[str, Any]] = []
+        self.before_fetch: Callable[[], None] | None = None  # runs as each Fetch arrives
 
     async def call(self, broker_id: int, api_key: int, body: dict[str, Any], timeout_ms: int) -> dict[str, Any]:
         assert broker_id == LEADER_ID
@@ -67,6 +68,8 @@ class FakeLeader:
             answer = {"index": INDEX, "error_code": errors.NONE, "leader_epoch": epoch, "end_offset": end}
         else:
             assert api_key == ApiKey.FETCH
+            if self.before_fetch is not None:
+                self.before_fetch()
             self.fetches.append(part)
             fetch_offset = part["fetch_offset"]
             if self.out_of_range is not None:
@@ -244,4 +247,75 @@ def test_other_offset_out_of_range_answers_keep_the_log(
     asyncio.run(scenario())
     assert [f["fetch_offset"] for f in leader.fetches] == [2, 2]
     assert (follower_log.log_start_offset, follower_log.log_end_offset) == (0, 2)
+    assert values_of(follower_log) == values_of(leader_log)
+
+
+class LateAppends:
+    """A follower's log with appends it accepted as leader still queued: they commit when
+    the fetcher waits for the store (``barrier``) or, at the latest, while its first fetch is
+    on the wire, as the writer thread would commit them."""
+
+    def __init__(self, log: PartitionLog, epoch: int, *values: bytes) -> None:
+        self._log: PartitionLog = log
+        self._late: tuple[int, tuple[bytes, ...]] | None = (epoch, values)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+    def land(self) -> None:
+        if self._late is not None:
+            epoch, values = self._late
+            self._late = None
+            append(self._log, epoch, *values)
+
+    def barrier(self) -> Any:
+        self.land()
+        return self._log.barrier()
+
+
+def test_appends_accepted_as_leader_land_before_the_truncation_point_is_chosen(
+        stores: tuple[LogStore, LogStore]) -> None:
+    """Found by the fault suite (seed 25): a leader SIGSTOPped with produce requests queued
+    became follower; its queued epoch-1 appends committed after it had read its log end, so
+    it kept records the new leader never had. The fetcher now waits for the store first."""
+    leader_log = stores[0].open_partition(TOPIC_ID, INDEX)
+    follower_log = stores[1].open_partition(TOPIC_ID, INDEX)
+    append(leader_log, 1, b"a", b"b")
+    append(leader_log, 2, b"c")
+    append(follower_log, 1, b"a", b"b")
+    late = LateAppends(follower_log, 1, b"x", b"y")
+    leader = FakeLeader(leader_log, leader_epoch=2)
+    leader.before_fetch = late.land
+
+    async def scenario() -> None:
+        fetcher = SourceFetcher(FOLLOWER_ID, LEADER_ID, leader, max_wait_ms=0)
+        fetcher.assign(FollowedPartition(TOPIC_ID, TOPIC, INDEX, 2, late))  # type: ignore[arg-type]
+        assert await fetcher.run_once()
+
+    asyncio.run(scenario())
+    assert [f["fetch_offset"] for f in leader.fetches] == [2]  # x, y truncated away first
+    assert values_of(follower_log) == values_of(leader_log)
+
+
+def test_a_log_ending_past_the_leaders_goes_back_to_truncation(stores: tuple[LogStore, LogStore]) -> None:
+    """If records still land after the truncation point was chosen, the fetch past the
+    leader's log end (OFFSET_OUT_OF_RANGE) sends the partition back to truncation."""
+    leader_log = stores[0].open_partition(TOPIC_ID, INDEX)
+    follower_log = stores[1].open_partition(TOPIC_ID, INDEX)
+    append(leader_log, 1, b"a", b"b")
+    append(leader_log, 2, b"c")
+    append(follower_log, 1, b"a", b"b")
+    leader = FakeLeader(leader_log, leader_epoch=2)
+
+    async def scenario() -> None:
+        fetcher = SourceFetcher(FOLLOWER_ID, LEADER_ID, leader, max_wait_ms=0)
+        fetcher.assign(FollowedPartition(TOPIC_ID, TOPIC, INDEX, 2, follower_log))
+        await fetcher._truncate_pending()  # nothing to truncate yet ...
+        append(follower_log, 1, b"x", b"y", b"z")  # ... then a late write lands
+        assert await fetcher.run_once()  # fetch at 5: past the leader's end
+        assert not fetcher.partitions[(TOPIC_ID, INDEX)].truncated
+        assert await fetcher.run_once()  # truncate to 2, fetch c
+
+    asyncio.run(scenario())
+    assert [f["fetch_offset"] for f in leader.fetches] == [5, 2]
     assert values_of(follower_log) == values_of(leader_log)

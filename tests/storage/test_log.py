@@ -55,6 +55,15 @@ def test_append_assigns_dense_offsets_and_stamps_batches(store):
     assert results[0].log_append_time_ms > 0
 
 
+def test_barrier_completes_after_every_write_queued_before_it(store):
+    log, other = store.open_partition("orders", 0), store.open_partition("orders", 1)
+    queued = [log.append(make_batch(5, 1_000 + i, 10, tag=i), 3) for i in range(200)]
+    queued.append(other.append(make_batch(5, 1_000, 10, tag=0), 3))
+    log.barrier().result(timeout=10)
+    assert all(f.done() for f in queued)
+    assert log.log_end_offset == 1000 and other.log_end_offset == 5
+
+
 def test_read_starts_with_the_batch_containing_the_offset(store):
     log = store.open_partition("t", 0)
     _fill(log, 3)
