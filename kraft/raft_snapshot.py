@@ -176,7 +176,8 @@ def image_from_plain(plain: Any) -> MetadataImage:
         _require(_is_int(offset) and offset >= 0, "offset")
         brokers: dict[int, BrokerImage] = {}
         for values in brokers_plain:
-            _require(isinstance(values, list) and len(values) == len(BROKER_FIELDS), "broker")
+            # Snapshots written before broker epochs have the first five fields only.
+            _require(isinstance(values, list) and len(values) in (5, len(BROKER_FIELDS)), "broker")
             broker = BrokerImage(**dict(zip(BROKER_FIELDS, values)))
             _require(_is_int(broker.broker_id) and broker.broker_id not in brokers, "broker id")
             _require(isinstance(broker.host, str) and _is_int(broker.port)

@@ -83,6 +83,8 @@ class RegisterBrokerRecord:
 
     TYPE: ClassVar[int] = 0
     VERSION: ClassVar[int] = 1
+    # Older versions still read: version -> how many leading fields it has (the rest default).
+    OLDER_VERSIONS: ClassVar[dict[int, int]] = {0: 4}
     broker_id: int
     host: str
     port: int
@@ -491,9 +493,13 @@ def decode_record(data: bytes) -> MetadataRecord:
     cls = _ALL_RECORD_TYPES.get(record_type) if isinstance(record_type, int) and not isinstance(record_type, bool) else None
     if cls is None:
         raise ValueError(f"unknown metadata record type {record_type!r}")
-    if version != cls.VERSION or isinstance(version, bool):
+    older: dict[int, int] = getattr(cls, "OLDER_VERSIONS", {})
+    if not isinstance(version, int) or isinstance(version, bool) \
+            or (version != cls.VERSION and version not in older):
         raise ValueError(f"unsupported {cls.__name__} version {version!r}")
     names = _FIELD_NAMES[cls]
+    if version != cls.VERSION:
+        names = names[:older[version]]
     if len(values) - 2 != len(names):
         raise ValueError(f"{cls.__name__} v{version} has {len(names)} fields, got {len(values) - 2}")
     constructor: Callable[..., MetadataRecord] = cls

@@ -187,3 +187,15 @@ broker_ids = st.integers(0, 2**31 - 1)
 )
 def test_round_trip_generated(record):
     assert decode_record(encode_record(record)) == record
+
+
+def test_a_register_broker_record_of_version_0_still_reads() -> None:
+    """Metadata logs written before broker epochs (RegisterBrokerRecord v0, four fields)."""
+    import msgpack
+
+    old = msgpack.packb([0, 0, 3, "h3", 9092, None])
+    assert decode_record(old) == RegisterBrokerRecord(3, "h3", 9092, None, "")
+    with pytest.raises(ValueError):
+        decode_record(msgpack.packb([0, 0, 3, "h3", 9092, None, "run"]))  # v0 has four fields
+    with pytest.raises(ValueError):
+        decode_record(msgpack.packb([0, 2, 3, "h3", 9092, None, "run"]))
