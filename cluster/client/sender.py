@@ -193,7 +193,10 @@ class Sender:
                     self._classify(batch, error, now_s, retry, failed)
                 else:
                     done.append((batch, p["base_offset"], p.get("log_append_time_ms", -1)))
-        if any(getattr(e, "invalid_metadata", False) for e in (b.last_error for b in retry)):
+        # Stale leadership is worth a metadata refresh whether the batch is retried or has
+        # failed for good (no retries left): the next batches go to the right leader.
+        if any(getattr(e, "invalid_metadata", False)
+               for e in [b.last_error for b in retry] + [error for _, error in failed]):
             self.client.metadata.request_update()
         for batch, base_offset, append_time in done:
             batch.complete(base_offset, append_time)

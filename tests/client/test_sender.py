@@ -94,6 +94,20 @@ def test_non_retriable_errors_fail_the_records_and_retries_zero_fails_fast() -> 
         cluster.broker.close()
 
 
+def test_stale_leadership_refreshes_the_metadata_even_without_retries() -> None:
+    cluster = ScriptedCluster([errors.NONE, errors.NOT_LEADER_OR_FOLLOWER])
+    try:
+        with Producer(cluster.bootstrap, linger_ms=0, retries=0) as producer:
+            producer.send("t", value=b"a").get(timeout=30)
+            before = cluster.metadata_requests
+            with pytest.raises(errors.NotLeaderOrFollowerError):
+                producer.send("t", value=b"b").get(timeout=30)
+            wait_until(lambda: cluster.metadata_requests > before or None, 10,
+                       message="a metadata refresh after NOT_LEADER_OR_FOLLOWER")
+    finally:
+        cluster.broker.close()
+
+
 def test_batches_without_a_leader_expire_after_the_delivery_timeout() -> None:
     cluster = ScriptedCluster(leader=-1)
     try:
