@@ -691,12 +691,8 @@ class Consumer:
                 return
             tp, code = sorted(failed.items())[0]
             if code in _FENCED_COMMIT_CODES:
-                if code == errors.STALE_MEMBER_EPOCH and self._is_member() and time.monotonic() < deadline:
-                    try:
-                        if self._commit_identity() != (member_id, member_epoch):
-                            continue  # a new epoch arrived while the commit was out: commit with it
-                    except errors.CommitFailedError:
-                        pass
+                if code == errors.STALE_MEMBER_EPOCH and self._await_new_epoch((member_id, member_epoch), deadline):
+                    continue  # the coordinator had moved this member on: commit with the new epoch
                 raise errors.CommitFailedError(
                     f"the group {self.group_id!r} refused the commit with {errors.error_name(code)}: this member "
                     f"was fenced (member {member_id or '-'}, epoch {member_epoch}); its partitions may belong to "
@@ -705,6 +701,30 @@ class Consumer:
             if not error.retriable or time.monotonic() + self._retry_backoff_s >= deadline:
                 raise error
             time.sleep(self._retry_backoff_s)  # backoff before committing again
+
+    def _await_new_epoch(self, refused: tuple[str, int], deadline: float) -> bool:
+        """After STALE_MEMBER_EPOCH: True once this member has an identity other than
+        ``refused`` to commit with; False when it is no member now or at the deadline.
+
+        The coordinator moves a member to a new epoch only in answer to the member's own
+        heartbeat, so a live member whose commit was refused as stale has that answer on its
+        way (or lost, and the next heartbeat gets it again): the epoch comes within about a
+        heartbeat interval, and the commit is not a fenced member's.
+        """
+        membership = self._membership
+        if membership is None or not self._is_member():
+            return False
+        while True:
+            with membership.lock:
+                identity = membership.state.commit_identity()
+            if identity is None:
+                return False
+            if identity != refused:
+                return True
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                return False
+            time.sleep(min(self._retry_backoff_s, remaining_s))  # backoff until the heartbeat's answer
 
     def _commit_quietly(self, tps: Iterable[TopicPartition] | None = None) -> None:
         """The auto commit before a revocation and at close: failures are logged, not raised."""
