@@ -43,6 +43,7 @@ import uuid
 from typing import Any, Callable, Sequence
 
 from cluster.config import NodeConfig
+from kraft.raft_log import RaftMetadataLog
 from cluster.controller_service import ControllerService
 from cluster.group_coordinator import (
     CoordinatorConfig,
@@ -105,8 +106,9 @@ class GroupService:
     def coordinator_error(self) -> tuple[int, str] | None:
         """None when this node is the coordinator now, else (error code, message)."""
         raft = self.controller.raft
-        if self.controller.is_active() and (raft is None or raft.status.ready):
-            return None
+        if self.controller.is_active() and (raft is None or (raft.status.ready and (
+                not isinstance(raft, RaftMetadataLog) or raft.has_quorum_lease()))):
+            return None  # a voter that lost touch with the majority (paused?) answers nothing
         controller_id = self.controller.controller_id()
         if controller_id is None or controller_id == self.node_id:
             return errors.COORDINATOR_NOT_AVAILABLE, f"node {self.node_id} knows no ready group coordinator"

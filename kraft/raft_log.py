@@ -595,6 +595,25 @@ class RaftMetadataLog:
     def is_active_controller(self) -> bool:
         return self._failed is None and not self._closing and bool(self._sync_obj._isLeader())
 
+    def has_quorum_lease(self) -> bool:
+        """True while this voter leads AND a majority of the voters (itself included) has
+        answered it within the last ``raft_min_timeout_ms``: no other voter can have been
+        elected in that time without this one hearing a newer term from the majority first.
+
+        Reads served from local state alone (a group coordinator's offsets) check it, so a
+        leader that was paused (SIGSTOP, a long GC-like stall) and still believes it leads
+        refuses instead of answering from a state a newer leader has moved past."""
+        if not self.is_active_controller():
+            return False
+        sync_obj = self._sync_obj
+        others = list(sync_obj._SyncObj__otherNodes)  # pysyncobj 0.3.17 internals
+        if not others:
+            return True
+        heard = sync_obj._SyncObj__lastResponseTime
+        since = time.monotonic() - self.config.raft_min_timeout_ms / 1000
+        answered = 1 + sum(1 for node in others if heard.get(node, 0.0) > since)
+        return answered * 2 > len(others) + 1
+
     def active_controller_id(self) -> int | None:
         if self._failed is not None or self._closing:
             return None

@@ -1,4 +1,5 @@
-"""``python -m tests.faults run --seed N --duration-s S [--nodes 3|5] [--keep-dir D] [--no-netns]``
+"""``python -m tests.faults run --seed N --duration-s S [--nodes 3|5] [--keep-dir D] [--no-netns]
+[--members N] [--plain-consumer]``
 and ``python -m tests.faults cleanup`` (what killed runs left behind).
 
 Runs one fault run (``tests.faults.runner``), prints its report and exits 0 when every
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="all nodes on 127.0.0.1: kill and pause only, no network partitions")
     one.add_argument("--partitions", type=int, default=3)
     one.add_argument("--rate", type=float, default=300.0, help="values per second over all producers")
+    one.add_argument("--members", type=int, default=2, help="consumer group members (default 2; 0: no group)")
+    one.add_argument("--plain-consumer", action="store_true",
+                     help="also run a consumer with assign() and no group")
     one.add_argument("--verbose", action="store_true", help="log the runner's events")
     commands.add_parser("cleanup", help="remove namespaces, links and nodes left by runs that were killed")
     args = parser.parse_args(argv)
@@ -57,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"removed {line}", file=sys.stderr)
     signal.signal(signal.SIGTERM, _interrupt)
     options = RunOptions(seed=args.seed, duration_s=args.duration_s, nodes=args.nodes, netns=netns,
-                         keep_dir=args.keep_dir, partitions=args.partitions, rate_per_s=args.rate)
+                         keep_dir=args.keep_dir, partitions=args.partitions, rate_per_s=args.rate,
+                         group_members=args.members, plain_consumer=args.plain_consumer)
     print(f"fault run: seed {options.seed}, {options.nodes} nodes, "
           f"{'network namespaces' if netns else 'loopback'}, {options.duration_s:.0f} s", flush=True)
     try:

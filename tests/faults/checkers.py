@@ -19,8 +19,11 @@ Checkers::
     duplicates           values at more than one offset (expected: retries are not idempotent)
     offset_conflicts     no (partition, offset) holds two values in any read, the drain or a dump
     failed_visible       a definitely failed send never shows up anywhere
-    consumer_order       within one assignment a consumer reads offsets in order, no skip
-    committed_offsets    a group's committed offsets never go backwards
+    consumer_order       a consumer reads offsets in order, no skip: a plain consumer within
+                         one assignment; a group member within one ownership of a partition,
+                         which starts at or below what the group has read (details below)
+    committed_offsets    a group's committed offsets never go backwards (details below)
+    group_ownership      no partition is owned by two members of a group at once (below)
     replicas_agree       every replica (of the assignment in the "start" event, else every node
                          holding the partition) holds exactly the drained records below the
                          high watermark
@@ -29,6 +32,41 @@ Checkers::
                          before (a new epoch, or the same epoch after a restart: it starts from
                          its checkpoint, as in Kafka) is counted, not judged
     recovery             the healed cluster got back to full ISRs and the drain completed
+
+Consumer groups. A member's *ownership* of a partition runs from the ``assign`` op that
+gives it the partition (with the position it starts at: the group's committed offset) to
+the ``revoke`` op that takes it away (revoked by a rebalance, at close, or lost).
+
+* Order (``consumer_order``): within one ownership the member reads the start position,
+  then every next offset, no skip and no step back. Across ownerships a new owner may
+  start below where the previous owner stopped (it resumes at the committed offset, so
+  what was read but not committed is read again: duplicates after a revoke or a loss are
+  allowed), but never above the group's *read frontier*: one past the highest offset any
+  member of the group read before the ``assign`` op. Starting above it would skip records
+  no member ever read. (Every committed offset comes from reads written to the history
+  before the commit was sent, and the new owner fetched it after that commit, so the
+  frontier it is compared with always includes those reads.)
+* Committed offsets (``committed_offsets``): three kinds of observation of a (group,
+  partition)'s committed offset — a commit acknowledged ("commit" ok: the value it wrote),
+  a probe ("committed" ok: OffsetFetch by a non-member), and a member's start positions
+  ("assign": the OffsetFetch done inside the poll that followed history event ``since``).
+  An observation invoked after another one completed never shows a smaller offset, nor
+  none at all (the run commits 0 for every partition before any member starts). Also no
+  committed offset lies above the end offset the final drain found. A regression whose
+  observation was invoked before, and completed after, the SIGCONT of a node paused while
+  it was the controller is also counted as ``backwards_across_coordinator_resume``: the
+  mark of a resumed former coordinator answering from its old image (it still fails).
+* Ownership (``group_ownership``): when a member is assigned a partition that another
+  member still owns in the history, the overlap is a failure if the older owner then gets
+  a commit of that partition acknowledged that it sent after the new owner's ``assign``
+  op: the coordinator still took it for the owner, so both owned it at once. Members
+  commit before every revoke (not a loss), even with nothing new, to ask exactly that. The
+  overlap is tolerated when the older owner's ownership ended in a loss (fenced, or out
+  of the group after max_poll_interval_ms, which the coordinator sees as a departure) or
+  its commit was refused with COMMIT_FAILED (fenced): the coordinator had removed it and
+  the member only learnt it later. Anything else (its commit's outcome unknown) is
+  counted as unresolved, not judged. The history's order is the runner process's own
+  view of time: every member runs in it.
 
 ``summarize`` and ``heal_to_writable`` compute the run's figures (counts, and how long after
 each heal the first acks=all write invoked after it was acknowledged).
@@ -200,53 +238,203 @@ def failed_visible(history: list[Event], dump: Dump | None = None) -> Verdict:
     })
 
 
+def _is_group_op(event: Event) -> bool:
+    value = event.get("value")
+    return isinstance(value, dict) and value.get("mode") == "group"
+
+
+def group_processes(history: list[Event]) -> dict[str, str]:
+    """process -> group id of every group member (from its ``join`` / ``assign`` ops)."""
+    out: dict[str, str] = {}
+    for event in history:
+        if event.get("f") in ("join", "assign") and isinstance(event.get("value"), dict) \
+                and "group" in event["value"] and (event["f"] == "join" or _is_group_op(event)):
+            out[event["process"]] = event["value"]["group"]
+    return out
+
+
 def consumer_order(history: list[Event], dump: Dump | None = None) -> Verdict:
-    expected: dict[tuple[str, int], dict[int, int]] = {}  # (process, assignment) -> partition -> next offset
+    members = group_processes(history)
+    expected: dict[tuple[str, int], dict[int, int]] = {}  # plain: (process, assignment) -> partition -> next
+    owned_next: dict[tuple[str, int], int] = {}  # group: (process, partition) -> next offset
+    frontier: dict[tuple[str, int], int] = {}  # (group, partition) -> 1 + highest offset its members read
     backwards: list[list[Any]] = []
     skips: list[list[Any]] = []
+    start_skips: list[list[Any]] = []
+    unowned: list[list[Any]] = []
     checked = 0
     for event in history:
-        if event.get("f") == "assign" and event["type"] == OK and event["value"].get("mode") == "assign":
-            expected[(event["process"], event.get("assignment", 0))] = {
-                int(p): int(o) for p, o in event["value"]["positions"]}
-        elif event.get("f") == "poll" and event["type"] == OK:
-            key = (event["process"], event.get("assignment", 0))
-            nexts = expected.setdefault(key, {})
+        if event["type"] != OK:
+            continue
+        f, process, assignment = event.get("f"), event["process"], event.get("assignment", 0)
+        if f == "assign" and _is_group_op(event):
+            group = event["value"]["group"]
+            for p, position in event["value"]["partitions"]:
+                start = 0 if position is None else position
+                front = frontier.get((group, p), 0)
+                if start > front:
+                    start_skips.append([process, assignment, p, front, start, event["index"]])
+                owned_next[(process, p)] = start
+        elif f == "assign" and isinstance(event.get("value"), dict) and event["value"].get("mode") == "assign":
+            expected[(process, assignment)] = {int(p): int(o) for p, o in event["value"]["positions"]}
+        elif f == "revoke" and _is_group_op(event):
+            for p in event["value"]["partitions"]:
+                owned_next.pop((process, p), None)
+        elif f == "poll" and process in members:
+            group = members[process]
+            for p, o, _ in event["value"]:
+                checked += 1
+                want = owned_next.get((process, p))
+                if want is None:
+                    unowned.append([process, assignment, p, None, o, event["index"]])
+                else:
+                    if o < want:
+                        backwards.append([process, assignment, p, want, o, event["index"]])
+                    elif o > want:
+                        skips.append([process, assignment, p, want, o, event["index"]])
+                    owned_next[(process, p)] = o + 1
+                frontier[(group, p)] = max(frontier.get((group, p), 0), o + 1)
+        elif f == "poll":
+            nexts = expected.setdefault((process, assignment), {})
             for p, o, _ in event["value"]:
                 checked += 1
                 want = nexts.get(p)
                 if want is not None and o < want:
-                    backwards.append([event["process"], event.get("assignment", 0), p, want, o, event["index"]])
+                    backwards.append([process, assignment, p, want, o, event["index"]])
                 elif want is not None and o > want:
-                    skips.append([event["process"], event.get("assignment", 0), p, want, o, event["index"]])
+                    skips.append([process, assignment, p, want, o, event["index"]])
                 nexts[p] = o + 1
-    bad = bool(backwards or skips)
+    bad = bool(backwards or skips or start_skips or unowned)
     return Verdict("consumer_order", FAILED if bad else (PASS if checked else UNKNOWN), {
         "records_checked": checked, "backwards": len(backwards), "skips": len(skips),
-        "examples": _examples(backwards + skips),
-        "example_fields": ["process", "assignment", "partition", "expected offset", "read offset", "event index"],
+        "group_starts_above_read_frontier": len(start_skips), "reads_of_unowned_partitions": len(unowned),
+        "examples": _examples(backwards + skips + start_skips + unowned),
+        "example_fields": ["process", "assignment", "partition", "expected offset (or read frontier)",
+                           "read offset (or start position)", "event index"],
     })
 
 
+def _offset_observations(event: Event) -> tuple[str, list[tuple[int, int | None]]] | None:
+    """(group, [(partition, committed offset or None)]) when ``event`` completes an
+    observation of committed offsets, else None."""
+    f, value = event.get("f"), event.get("value")
+    if event["type"] != OK or not isinstance(value, dict):
+        return None
+    if f in ("commit", "committed"):
+        return value["group"], [(int(p), o) for p, o in value["offsets"]]
+    if f == "assign" and _is_group_op(event):
+        return value["group"], [(int(p), o) for p, o in value["partitions"]]
+    return None
+
+
+def coordinator_resumes(history: list[Event]) -> list[int]:
+    """Indices of the heal events that resumed (SIGCONT) a node paused while it was the
+    active controller, i.e. the group coordinator."""
+    return [e["index"] for e in history
+            if e.get("f") == "heal" and isinstance(e.get("value"), dict) and e["value"].get("kind") == "pause"
+            and e["value"].get("controller") in e["value"].get("nodes", ())]
+
+
 def committed_offsets(history: list[Event], dump: Dump | None = None) -> Verdict:
-    latest: dict[tuple[str, int], tuple[int, int]] = {}  # (group, partition) -> (offset, event index)
+    resumes = coordinator_resumes(history)
+    floor: dict[tuple[str, int], tuple[int, int]] = {}  # (group, partition) -> (offset, event) completed so far
+    # (process, f) -> (invoke event, the floor then)
+    at_invoke: dict[tuple[str, str], tuple[int, dict[tuple[str, int], tuple[int, int]]]] = {}
+    across_resume = 0  # regressions whose observation spans the resume of a paused coordinator
+    since_points = {e["value"]["since"] for e in history
+                    if e.get("f") == "assign" and e["type"] == OK and _is_group_op(e) and "since" in e["value"]}
+    at_since: dict[int, dict[tuple[str, int], tuple[int, int]]] = {-1: {}}
+    highest: dict[tuple[str, int], tuple[int, int]] = {}
     backwards: list[list[Any]] = []
-    commits = 0
+    counts = {"commit": 0, "committed": 0, "assign": 0}
     for event in history:
-        if event.get("f") != "commit" or event["type"] != OK:
-            continue
-        commits += 1
-        group = event["value"]["group"]
-        for p, o in event["value"]["offsets"]:
-            before = latest.get((group, p))
-            if before is not None and o < before[0]:
-                backwards.append([group, p, before[0], o, before[1], event["index"]])
-            if before is None or o >= before[0]:
-                latest[(group, p)] = (o, event["index"])
-    verdict = FAILED if backwards else (PASS if commits else UNKNOWN)
+        f: str = event.get("f", "")
+        if event["type"] == INVOKE and f in ("commit", "committed"):
+            at_invoke[(event["process"], f)] = (event["index"], dict(floor))
+        observed = _offset_observations(event)
+        if observed is not None:
+            group, offsets = observed
+            counts[f] += 1
+            if f == "assign":
+                invoked = event["value"].get("since", -1)
+                before = at_since.get(invoked, {})
+            else:
+                invoked, before = at_invoke.pop((event["process"], f), (-1, {}))
+            for p, offset in offsets:
+                seen = before.get((group, p))
+                value = -1 if offset is None else offset
+                if seen is not None and value < seen[0]:
+                    backwards.append([group, p, seen[0], offset, f, seen[1], event["index"]])
+                    if any(invoked < resumed < event["index"] for resumed in resumes):
+                        across_resume += 1
+                if offset is not None:
+                    if (group, p) not in floor or offset > floor[(group, p)][0]:
+                        floor[(group, p)] = (offset, event["index"])
+                    if (group, p) not in highest or offset > highest[(group, p)][0]:
+                        highest[(group, p)] = (offset, event["index"])
+        if event["index"] in since_points:
+            at_since[event["index"]] = dict(floor)
+    ends = _ends(history)
+    above_end = [[group, p, offset, ends[p], index] for (group, p), (offset, index) in sorted(highest.items())
+                 if ends is not None and p in ends and offset > ends[p]]
+    observed_any = counts["commit"] or counts["committed"]
+    verdict = FAILED if backwards or above_end else (PASS if observed_any else UNKNOWN)
     return Verdict("committed_offsets", verdict, {
-        "commits": commits, "backwards": len(backwards), "examples": _examples(backwards),
-        "example_fields": ["group", "partition", "committed", "then committed", "first event", "second event"],
+        "commits": counts["commit"], "probes": counts["committed"], "member_starts": counts["assign"],
+        "backwards": len(backwards), "backwards_across_coordinator_resume": across_resume,
+        "above_log_end": len(above_end),
+        "examples": _examples(backwards + above_end),
+        "example_fields": ["group", "partition", "committed before (or observed)", "then observed (or log end)",
+                           "observed by", "first event", "second event"],
+    })
+
+
+def group_ownership(history: list[Event], dump: Dump | None = None) -> Verdict:
+    holders: dict[tuple[str, int], dict[str, int]] = {}  # (group, partition) -> member process -> assign event
+    open_overlaps: dict[tuple[str, str, int], list[dict[str, Any]]] = {}  # (old owner, group, partition) -> ...
+    overlaps: list[dict[str, Any]] = []
+    commit_invoked: dict[str, int] = {}
+    assigns = 0
+    for event in history:
+        f, process = event.get("f"), event["process"]
+        value: Any = event.get("value")
+        if f == "assign" and event["type"] == OK and _is_group_op(event):
+            assigns += 1
+            group = value["group"]
+            for p, _ in value["partitions"]:
+                owners = holders.setdefault((group, p), {})
+                for other in sorted(owners):
+                    if other != process:
+                        overlap = {"group": group, "partition": p, "owner": other, "new_owner": process,
+                                   "at": event["index"], "ended": None, "zombie_commit": None}
+                        overlaps.append(overlap)
+                        open_overlaps.setdefault((other, group, p), []).append(overlap)
+                owners[process] = event["index"]
+        elif f == "revoke" and event["type"] == OK and _is_group_op(event):
+            group = value["group"]
+            for p in value["partitions"]:
+                holders.get((group, p), {}).pop(process, None)
+                for overlap in open_overlaps.pop((process, group, p), []):
+                    overlap["ended"] = overlap["ended"] or value.get("reason")
+        elif f == "commit" and event["type"] == INVOKE:
+            commit_invoked[process] = event["index"]
+        elif f == "commit" and isinstance(value, dict) and "group" in value:
+            for p, _ in value["offsets"]:
+                for overlap in open_overlaps.get((process, value["group"], p), []):
+                    if event["type"] == OK and commit_invoked.get(process, -1) > overlap["at"]:
+                        overlap["zombie_commit"] = overlap["zombie_commit"] or event["index"]
+                    elif event["type"] == FAIL and event.get("error") == "COMMIT_FAILED":
+                        overlap["ended"] = overlap["ended"] or "fenced"
+    failed = [o for o in overlaps if o["zombie_commit"] is not None]
+    tolerated = [o for o in overlaps if o["zombie_commit"] is None and o["ended"] in ("lost", "fenced")]
+    unresolved = [o for o in overlaps if o["zombie_commit"] is None and o["ended"] not in ("lost", "fenced")]
+    return Verdict("group_ownership", FAILED if failed else (PASS if assigns else UNKNOWN), {
+        "assigns": assigns, "overlaps": len(overlaps), "two_owners": len(failed),
+        "tolerated_fenced_owner": len(tolerated), "unresolved": len(unresolved),
+        "examples": _examples([[o["group"], o["partition"], o["owner"], o["new_owner"], o["at"], o["zombie_commit"],
+                                o["ended"]] for o in failed + unresolved]),
+        "example_fields": ["group", "partition", "owner", "new owner", "new owner's assign event",
+                           "owner's commit acknowledged after it", "how the owner's ownership ended"],
     })
 
 
@@ -336,7 +524,7 @@ def recovery(history: list[Event], dump: Dump | None = None) -> Verdict:
 
 CHECKERS: tuple[Callable[[list[Event], Dump | None], Verdict], ...] = (
     lost_writes, duplicates, offset_conflicts, failed_visible, consumer_order, committed_offsets,
-    replicas_agree, high_watermarks, recovery,
+    group_ownership, replicas_agree, high_watermarks, recovery,
 )
 
 
@@ -348,12 +536,19 @@ def check_all(history: list[Event], dump: Dump | None) -> list[Verdict]:
 
 
 def summarize(history: list[Event]) -> dict[str, Any]:
-    """Counts: sent, acknowledged, failed, info (incl. no outcome), read, lost, duplicated."""
+    """Counts: sent, acknowledged, failed, info (incl. no outcome), read, lost, duplicated;
+    faults (and kills / pauses of the group coordinator); the group's commits by outcome,
+    probes, committed-offset regressions, revokes and partitions lost."""
     all_sends = sends(history)
     outcomes = [s["outcome"]["type"] if s["outcome"] else None for s in all_sends.values()]
     read_values = {v for _, _, _, v in reads(history)}
     lost = lost_writes(history).details.get("lost", 0)
     dup = duplicates(history).details
+    committed = committed_offsets(history).details
+    commit_outcomes: dict[str, int] = {}
+    for event in history:
+        if event.get("f") == "commit" and event["type"] != INVOKE and event["process"] != "setup":
+            commit_outcomes[event["type"]] = commit_outcomes.get(event["type"], 0) + 1
     return {
         "sent": len(all_sends),
         "acknowledged": outcomes.count(OK),
@@ -365,7 +560,21 @@ def summarize(history: list[Event]) -> dict[str, Any]:
         "duplicated": dup.get("values_duplicated", 0),
         "operations": sum(1 for e in history if e["type"] != INVOKE),
         "faults": sum(1 for e in history if e.get("f") == "fault"),
+        "coordinator_faults": sum(1 for e in history if e.get("f") == "fault" and _hits_coordinator(e["value"])),
+        "commits": commit_outcomes.get(OK, 0),
+        "commits_failed": commit_outcomes.get(FAIL, 0),
+        "commits_unknown": commit_outcomes.get(INFO, 0),
+        "committed_probes": sum(1 for e in history if e.get("f") == "committed" and e["type"] == OK),
+        "committed_regressions": committed.get("backwards", 0) + committed.get("above_log_end", 0),
+        "revokes": sum(1 for e in history if e.get("f") == "revoke" and e["type"] == OK),
+        "partitions_lost": sum(len(e["value"]["partitions"]) for e in history
+                               if e.get("f") == "revoke" and e["type"] == OK and e["value"].get("reason") == "lost"),
     }
+
+
+def _hits_coordinator(fault: dict[str, Any]) -> bool:
+    """A kill or pause of the node that was the active controller (the group coordinator)."""
+    return fault.get("kind") in ("kill", "pause") and fault.get("controller") in fault.get("nodes", ())
 
 
 def heal_to_writable(history: list[Event]) -> list[dict[str, Any]]:

@@ -13,12 +13,14 @@ An event is a dict with these keys (absent when they do not apply)::
 
     index      position in the history (0, 1, 2, ...)
     type       "invoke" | "ok" | "fail" | "info"
-    process    who did it: "p0" (a producer), "c0" (a consumer), "drain", "hw-2", "nemesis"
-    f          what: "send", "assign", "poll", "seek", "commit", "hw", "fault", "heal",
-               "drain-end"
+    process    who did it: "p0" (a producer), "g0" (a group member), "c0" (a plain
+               consumer), "o0" (the committed-offsets prober), "setup", "drain", "hw-2",
+               "nemesis"
+    f          what: "send", "join", "assign", "revoke", "poll", "commit", "committed",
+               "hw", "fault", "heal", "drain-end", ...
     value      the operation's value: a unique integer for "send", a list of
                [partition, offset, value] for "poll", a dict for the rest
-    partition, offset, assignment, error
+    partition, offset, assignment, reason, error
     time       seconds since the run started (monotonic clock)
 
 Outcomes (Jepsen's convention): "ok" — it happened; "fail" — it definitely did not happen
@@ -53,6 +55,11 @@ class History:
         self._lock = threading.Lock()
         self._file: TextIO | None = open(path, "w", encoding="utf-8") if path is not None else None
         self.events: list[Event] = []
+
+    def last_index(self) -> int:
+        """The index of the newest event (-1 when empty): what happened before "now"."""
+        with self._lock:
+            return len(self.events) - 1
 
     def now_s(self) -> float:
         """Seconds since the history started."""

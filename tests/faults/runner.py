@@ -8,12 +8,15 @@ tears them down in a ``finally`` (also on a failure or KeyboardInterrupt)::
 
     set up the network, start the nodes, wait until every node is an unfenced broker
     create the topic (RF = every node up to 3, min.insync.replicas=2), wait for full ISRs
-    start: a high-watermark prober per node, the producers, the consumer
+    commit offset 0 for every partition in the consumer group (no member yet)
+    start: a high-watermark prober per node, the producers, the group members, the
+           committed-offsets prober (and, if asked, a plain assigned consumer)
     nemesis: the seeded schedule (``schedule``), one fault at a time, each healed in time
     stop the load; ``after_load`` hook (the negative control damages replicas here)
     heal: delete every cut, SIGCONT every paused node, restart every dead one
     wait until every partition's ISR is full ("recovered"), stop the probers
-    drain every partition from offset 0, stop the nodes, dump every replica
+    drain every partition from offset 0, probe the group's committed offsets once more,
+    stop the nodes, dump every replica
     judge (``checkers``), write report.json, print the report
 
 Every fault and heal is a history event (``fault`` / ``heal``, process "nemesis"), so the
@@ -44,7 +47,9 @@ from tests.faults.netns import LoopbackNetwork, NamespaceNetwork, Network
 from tests.faults.nodes import FaultCluster
 from tests.faults.schedule import Fault, PlannedFault, make_schedule, resolve
 from tests.faults.workload import (
-    TOPIC_MAX_MESSAGE_BYTES, ConsumerWorker, HighWatermarkProber, ProducerWorker, ValueSource, drain,
+    GROUP_MEMBERS, MEMBER_RESTART_S, TOPIC_MAX_MESSAGE_BYTES, CommittedOffsetsProber, ConsumerWorker,
+    GroupMemberWorker, HighWatermarkProber, ProducerWorker, ValueSource, commit_initial_offsets, drain,
+    offsets_client, probe_committed,
 )
 
 logger = logging.getLogger(__name__)
@@ -71,6 +76,9 @@ class RunOptions:
     producers: int = 2
     rate_per_s: float = 300.0  # values per second over all producers
     faults: bool = True  # False: load only (the negative control)
+    group_members: int = GROUP_MEMBERS  # consumer group members (threads of the runner)
+    member_restart_s: float = MEMBER_RESTART_S  # each member starts a new consumer this often
+    plain_consumer: bool = False  # also a consumer with assign() and no group
     consumer_reassign_s: float = 20.0
     after_load: Callable[["RunContext"], None] | None = None
 
@@ -181,7 +189,7 @@ class Nemesis:
     def _describe(fault: Fault) -> dict[str, Any]:
         return {"fault": fault.plan.index, "kind": fault.plan.kind, "role": fault.plan.role,
                 "nodes": list(fault.nodes), "links": [list(link) for link in fault.links],
-                "description": fault.describe()}
+                "controller": fault.controller, "description": fault.describe()}
 
 
 def _timeline(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -255,12 +263,22 @@ def run(options: RunOptions) -> RunResult:
         history.ok("nemesis", "start", {"seed": options.seed, "nodes": options.nodes, "netns": options.netns,
                                         "replicas": replicas, "schedule": [p.describe() for p in plans]})
 
+        if options.group_members:
+            commit_initial_offsets(cluster.bootstrap, TOPIC, options.partitions, history)
         probers = [HighWatermarkProber(node, TOPIC, options.partitions, history) for node in cluster.nodes.values()]
         values = ValueSource()
         workers = [ProducerWorker(f"p{i}", cluster.bootstrap, TOPIC, options.partitions, values, history,
                                   options.rate_per_s / options.producers) for i in range(options.producers)]
-        workers.append(ConsumerWorker("c0", cluster.bootstrap, TOPIC, options.partitions, history,
-                                      reassign_s=options.consumer_reassign_s))
+        for i in range(options.group_members):
+            # Staggered: the members' restarts (each a rebalance) spread over the run.
+            first_s = options.member_restart_s * (i + 1) / options.group_members
+            workers.append(GroupMemberWorker(f"g{i}", cluster.bootstrap, TOPIC, history,
+                                             restart_s=options.member_restart_s, first_restart_s=first_s))
+        if options.group_members:
+            workers.append(CommittedOffsetsProber("o0", cluster.bootstrap, TOPIC, options.partitions, history))
+        if options.plain_consumer:
+            workers.append(ConsumerWorker("c0", cluster.bootstrap, TOPIC, options.partitions, history,
+                                          reassign_s=options.consumer_reassign_s))
         for worker in [*probers, *workers]:
             worker.start()
         load_started_s = history.now_s()
@@ -289,6 +307,10 @@ def run(options: RunOptions) -> RunResult:
         for prober in probers:
             prober.join(5)
         drain(cluster.bootstrap, TOPIC, options.partitions, history)
+        if options.group_members:
+            with offsets_client(cluster.bootstrap, "o-final") as offsets:
+                probe_committed(offsets, TOPIC, options.partitions, history, "o-final",
+                                timeout_ms=ADMIN_TIMEOUT_MS)
         cluster.stop_all()
         dump = cluster.dump()
         (directory / "dump.json").write_text(json.dumps(dump))
@@ -350,6 +372,11 @@ def format_report(result: RunResult, options: RunOptions) -> str:
     lines.append(f"counts: sent {s['sent']}, acknowledged {s['acknowledged']}, failed {s['failed']}, "
                  f"info {s['info']}, read {s['read']}, lost {s['lost']}, duplicated {s['duplicated']} "
                  f"({s['operations']} operations, {s['faults']} faults)")
+    lines.append(f"group: {s['commits']} commits acknowledged ({s['commits_failed']} failed, "
+                 f"{s['commits_unknown']} unknown), {s['committed_probes']} committed-offset probes, "
+                 f"{s['committed_regressions']} committed-offset regressions, {s['revokes']} revokes, "
+                 f"{s['partitions_lost']} partitions lost; {s['coordinator_faults']} kills/pauses of the "
+                 "group coordinator")
     h = result.heal_figures
     lines.append(f"heal -> writable (first acks=all ack of a send invoked after the heal): p50 {h['p50_s']} s, "
                  f"max {h['max_s']} s over {h['heals']} heals"

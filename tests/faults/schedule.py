@@ -15,6 +15,13 @@ into a ``Fault`` at the moment it fires: the node ids it acts on and, for networ
 the directed links to cut (``(a, b)``: node a drops what it sends to b). ``resolve`` is also
 pure; the runner passes it what the cluster answered.
 
+Roles: "leader" aims at a node leading some partition of the topic; "controller" at the
+active controller, which is also the coordinator of every consumer group (so a kill or
+pause with this role takes the group coordinator away: members fail heartbeats and
+commits until they find the next one); "any" at any node. ``Fault.controller`` keeps the
+controller the cluster named when the fault fired, so the report can count the faults
+that hit the group coordinator whatever their role.
+
 Kinds::
 
     kill      kill -9 the target, restart it when healed
@@ -64,12 +71,15 @@ class Fault:
     plan: PlannedFault
     nodes: tuple[int, ...]
     links: tuple[tuple[int, int], ...] = field(default_factory=tuple)
+    controller: int | None = None  # the active controller (group coordinator) when it fired
 
     def describe(self) -> str:
         what = {"kill": "kill -9", "pause": "SIGSTOP"}.get(self.plan.kind, self.plan.kind)
         text = f"{what} {','.join(map(str, self.nodes))}"
         if self.links:
             text += " cut " + " ".join(f"{a}->{b}" for a, b in self.links)
+        if self.controller is not None and self.controller in self.nodes:
+            text += " (the controller)"
         return text
 
 
@@ -124,17 +134,17 @@ def resolve(plan: PlannedFault, node_ids: list[int], leaders: dict[int, int],
     shuffled = list(others)
     random.Random(plan.pick).shuffle(shuffled)
     if plan.kind in PROCESS_KINDS:
-        return Fault(plan, (target,))
+        return Fault(plan, (target,), controller=controller_id)
     if plan.kind == "isolate":
-        return Fault(plan, (target,), _both_ways([target], others))
+        return Fault(plan, (target,), _both_ways([target], others), controller_id)
     if plan.kind == "split":
         minority = sorted([target] + shuffled[: (len(node_ids) - 1) // 2 - 1])
         majority = [n for n in sorted(node_ids) if n not in minority]
-        return Fault(plan, tuple(minority), _both_ways(minority, majority))
+        return Fault(plan, tuple(minority), _both_ways(minority, majority), controller_id)
     if plan.kind == "bridge":
         half = len(shuffled) // 2
         left, right = sorted(shuffled[:half]), sorted(shuffled[half:])
-        return Fault(plan, (target,), _both_ways(left, right))
+        return Fault(plan, (target,), _both_ways(left, right), controller_id)
     if plan.kind == "one-way":
-        return Fault(plan, (target,), ((target, shuffled[0]),))
+        return Fault(plan, (target,), ((target, shuffled[0]),), controller_id)
     raise ValueError(f"unknown fault kind {plan.kind!r}")

@@ -45,8 +45,29 @@ class Script:
         self.history.ok(f"hw-{node}", "hw", {"node": node, "incarnation": incarnation, "leader_epoch": epoch,
                                              "high_watermark": hw}, partition=partition)
 
-    def commit(self, group: str, offsets: dict[int, int]) -> None:
-        self.history.ok("c0", "commit", {"group": group, "offsets": sorted(offsets.items())}, assignment=0)
+    def commit(self, group: str, offsets: dict[int, int], process: str = "g0", outcome: str = "ok",
+               error: str | None = None) -> None:
+        value = {"group": group, "offsets": sorted(offsets.items())}
+        self.history.invoke(process, "commit", value, assignment=0)
+        getattr(self.history, outcome)(process, "commit", value, assignment=0, error=error)
+
+    def probe(self, group: str, offsets: dict[int, int | None]) -> None:
+        self.history.invoke("o0", "committed", {"group": group})
+        self.history.ok("o0", "committed", {"group": group, "offsets": sorted(offsets.items())})
+
+    def join(self, process: str, group: str = "g") -> None:
+        self.history.ok(process, "join", {"group": group}, assignment=0)
+
+    def group_assign(self, process: str, starts: dict[int, int | None], since: int | None = None,
+                     group: str = "g") -> None:
+        """A member's assign op; ``since`` defaults to the event just before it (its poll began then)."""
+        self.history.ok(process, "assign", {
+            "mode": "group", "group": group, "member": f"m-{process}", "partitions": sorted(starts.items()),
+            "since": self.history.last_index() if since is None else since}, assignment=0)
+
+    def revoke(self, process: str, partitions: list[int], reason: str = "revoked", group: str = "g") -> None:
+        self.history.ok(process, "revoke", {"mode": "group", "group": group, "partitions": partitions,
+                                            "reason": reason}, assignment=0)
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -83,7 +104,8 @@ def test_a_good_history_passes_every_checker() -> None:
     verdicts = checkers.check_all(good_run().events, GOOD_DUMP)
     assert {v.name: v.verdict for v in verdicts} == {
         "lost_writes": "pass", "duplicates": "pass", "offset_conflicts": "pass", "failed_visible": "pass",
-        "consumer_order": "pass", "committed_offsets": "unknown", "replicas_agree": "pass",
+        "consumer_order": "pass", "committed_offsets": "unknown", "group_ownership": "unknown",
+        "replicas_agree": "pass",
         "high_watermarks": "pass", "recovery": "pass"}
 
 
@@ -182,13 +204,172 @@ def test_a_consumer_starting_past_its_assigned_position_fails_and_a_new_assignme
 
 def test_committed_offsets_going_backwards_fail() -> None:
     s = good_run()
-    s.commit("g", {0: 3, 1: 2})
-    s.commit("g", {0: 5})
+    s.commit("g", {0: 1, 1: 2})
+    s.commit("g", {0: 3})
     s.commit("other", {0: 1})
     assert checkers.committed_offsets(s.events).verdict == "pass"
-    s.commit("g", {0: 4})
+    s.commit("g", {0: 2}, process="g1")  # acknowledged after 3 was: backwards
     verdict = checkers.committed_offsets(s.events)
-    assert verdict.failed and verdict.details["examples"][0][:4] == ["g", 0, 5, 4]
+    assert verdict.failed and verdict.details["backwards"] == 1
+    assert verdict.details["examples"][0][:5] == ["g", 0, 3, 2, "commit"]
+
+
+def test_commits_that_overlap_in_time_are_not_ordered() -> None:
+    s = good_run()
+    value = {"group": "g", "offsets": [[0, 2]]}
+    s.history.invoke("g0", "commit", value, assignment=0)
+    s.commit("g", {0: 3}, process="g1")  # completed while g0's commit of 2 was out
+    s.history.ok("g0", "commit", value, assignment=0)
+    assert checkers.committed_offsets(s.events).verdict == "pass"
+
+
+def test_a_committed_offset_probe_below_an_acknowledged_commit_fails() -> None:
+    """The committed-offsets regression the suite must catch: a commit of 3 was acknowledged,
+    then an OffsetFetch probe saw 1."""
+    s = good_run()
+    s.commit("g", {0: 0, 1: 0}, process="setup")
+    s.probe("g", {0: 0, 1: 0})
+    s.commit("g", {0: 3})
+    s.probe("g", {0: 3, 1: 0})
+    assert checkers.committed_offsets(s.events).verdict == "pass"
+    s.probe("g", {0: 1, 1: 0})
+    verdict = checkers.committed_offsets(s.events)
+    assert verdict.failed and verdict.details["backwards"] == 1
+    assert verdict.details["examples"][0][:5] == ["g", 0, 3, 1, "committed"]
+    assert checkers.summarize(s.events)["committed_regressions"] == 1
+
+
+def test_a_stale_answer_across_the_resume_of_a_paused_coordinator_is_marked_and_still_fails() -> None:
+    s = good_run()
+    s.commit("g", {0: 1})
+    pause = {"fault": 0, "kind": "pause", "role": "controller", "nodes": [2], "links": [], "controller": 2}
+    s.history.info("nemesis", "fault", pause)
+    s.commit("g", {0: 3}, process="g1")  # through the next coordinator
+    s.history.invoke("o0", "committed", {"group": "g"})  # sent to the paused one
+    s.history.info("nemesis", "heal", pause)
+    s.history.ok("o0", "committed", {"group": "g", "offsets": [[0, 1]]})  # its old image
+    verdict = checkers.committed_offsets(s.events)
+    assert verdict.failed and verdict.details["backwards"] == 1
+    assert verdict.details["backwards_across_coordinator_resume"] == 1
+    s.probe("g", {0: 2})  # no pause around this one
+    verdict = checkers.committed_offsets(s.events)
+    assert verdict.details["backwards"] == 2 and verdict.details["backwards_across_coordinator_resume"] == 1
+
+
+def test_a_member_starting_below_or_without_the_committed_offset_fails() -> None:
+    s = good_run()
+    s.commit("g", {0: 0, 1: 0}, process="setup")
+    s.commit("g", {0: 2, 1: 1})
+    s.group_assign("g1", {0: 2, 1: 1})
+    assert checkers.committed_offsets(s.events).verdict == "pass"
+    s.group_assign("g1", {0: 1})  # its OffsetFetch began after the commit of 2 was acknowledged
+    assert checkers.committed_offsets(s.events).failed
+    s = good_run()
+    s.commit("g", {0: 0, 1: 0}, process="setup")
+    s.group_assign("g1", {0: None})  # the committed offset disappeared
+    verdict = checkers.committed_offsets(s.events)
+    assert verdict.failed and verdict.details["examples"][0][:5] == ["g", 0, 0, None, "assign"]
+
+
+def test_a_member_whose_offset_fetch_began_before_a_commit_may_start_below_it() -> None:
+    s = good_run()
+    s.commit("g", {0: 0, 1: 0}, process="setup")
+    before = s.history.last_index()
+    s.commit("g", {0: 2})
+    s.group_assign("g1", {0: 0}, since=before)
+    assert checkers.committed_offsets(s.events).verdict == "pass"
+
+
+def test_a_committed_offset_above_the_log_end_fails() -> None:
+    s = good_run()  # the drain ends at 3 on both partitions
+    s.commit("g", {0: 3})
+    assert checkers.committed_offsets(s.events).verdict == "pass"
+    s.commit("g", {1: 4})
+    verdict = checkers.committed_offsets(s.events)
+    assert verdict.failed and verdict.details["above_log_end"] == 1
+
+
+def group_reads() -> Script:
+    """Partition 0 holds values 0, 2, 4, ... at offsets 0, 1, 2, ...; two members of group g."""
+    s = good_run()
+    s.join("g0")
+    s.join("g1")
+    s.commit("g", {0: 0, 1: 0}, process="setup")
+    s.group_assign("g0", {0: 0, 1: 0})
+    s.poll("g0", 0, [[0, 0, 0], [0, 1, 2], [1, 0, 1]])
+    s.commit("g", {0: 2, 1: 1})
+    s.poll("g0", 0, [[0, 2, 4]])  # read, not yet committed
+    s.commit("g", {1: 1}, process="g0")
+    s.revoke("g0", [0])
+    s.group_assign("g1", {0: 2})  # resumes at the committed offset: 0/2 is read again
+    s.poll("g1", 0, [[0, 2, 4]])
+    return s
+
+
+def test_group_members_read_in_order_and_may_reread_after_a_revoke() -> None:
+    s = group_reads()
+    verdicts = {v.name: v for v in checkers.check_all(s.events, GOOD_DUMP)}
+    assert verdicts["consumer_order"].verdict == "pass", verdicts["consumer_order"].details
+    assert verdicts["committed_offsets"].verdict == "pass", verdicts["committed_offsets"].details
+    assert verdicts["group_ownership"].verdict == "pass", verdicts["group_ownership"].details
+
+
+def test_a_group_member_skipping_or_going_back_within_one_ownership_fails() -> None:
+    s = group_reads()
+    s.poll("g1", 0, [[0, 4, 8]])  # expected 0/3
+    verdict = checkers.consumer_order(s.events)
+    assert verdict.failed and verdict.details["skips"] == 1
+    s = group_reads()
+    s.poll("g1", 0, [[0, 0, 0]])
+    verdict = checkers.consumer_order(s.events)
+    assert verdict.failed and verdict.details["backwards"] == 1
+
+
+def test_a_new_owner_starting_above_what_the_group_read_fails() -> None:
+    s = group_reads()
+    s.revoke("g1", [0])
+    s.group_assign("g0", {0: 5})  # the group read 0/0..0/2: 0/3 and 0/4 would never be read
+    verdict = checkers.consumer_order(s.events)
+    assert verdict.failed and verdict.details["group_starts_above_read_frontier"] == 1
+    assert verdict.details["examples"][0][2:5] == [0, 3, 5]
+
+
+def test_a_member_reading_a_partition_it_does_not_own_fails() -> None:
+    s = group_reads()
+    s.poll("g0", 0, [[0, 3, 6]])  # g0 gave partition 0 up
+    verdict = checkers.consumer_order(s.events)
+    assert verdict.failed and verdict.details["reads_of_unowned_partitions"] == 1
+
+
+def test_two_owners_at_once_fail_when_the_old_owner_still_commits() -> None:
+    s = group_reads()
+    s.group_assign("g0", {0: 3})  # g1 still owns partition 0
+    s.commit("g", {0: 3}, process="g1")  # ... and the coordinator still takes its commits
+    s.revoke("g1", [0])
+    verdict = checkers.group_ownership(s.events)
+    assert verdict.failed and verdict.details["two_owners"] == 1
+    assert verdict.details["examples"][0][:4] == ["g", 0, "g1", "g0"]
+
+
+def test_an_overlap_with_a_fenced_old_owner_is_tolerated() -> None:
+    s = group_reads()
+    s.group_assign("g0", {0: 3})
+    s.revoke("g1", [0], reason="lost")  # g1 learns late that the coordinator removed it
+    verdict = checkers.group_ownership(s.events)
+    assert verdict.verdict == "pass" and verdict.details["tolerated_fenced_owner"] == 1
+    s = group_reads()
+    s.group_assign("g0", {0: 3})
+    s.commit("g", {0: 3}, process="g1", outcome="fail", error="COMMIT_FAILED")
+    s.revoke("g1", [0], reason="close")
+    verdict = checkers.group_ownership(s.events)
+    assert verdict.verdict == "pass" and verdict.details["tolerated_fenced_owner"] == 1
+    # Without evidence either way the overlap is reported, not judged.
+    s = group_reads()
+    s.group_assign("g0", {0: 3})
+    s.commit("g", {0: 3}, process="g1", outcome="info", error="KAFKA_TIMEOUT")
+    s.revoke("g1", [0])
+    verdict = checkers.group_ownership(s.events)
+    assert verdict.verdict == "pass" and verdict.details["unresolved"] == 1
 
 
 def test_replicas_that_differ_below_the_high_watermark_fail() -> None:

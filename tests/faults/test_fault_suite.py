@@ -31,8 +31,8 @@ def namespaces() -> None:
 def judge(result: RunResult, options: RunOptions) -> None:
     report = format_report(result, options)
     print("\n" + report)
-    assert result.passed, report
     assert result.summary["acknowledged"] > 0 and result.summary["read"] > 0, report
+    assert result.summary["commits"] > 0 and result.summary["committed_probes"] > 0, report
     # The faults actually injected (a slow restart may delay the rest of the schedule past
     # the end of the load) include a process fault and, with namespaces, a network fault.
     injected = [entry["kind"] for entry in result.timeline]
@@ -40,6 +40,7 @@ def judge(result: RunResult, options: RunOptions) -> None:
     assert injected == [plan.kind for plan in planned[:len(injected)]], report  # the seed's schedule, in order
     assert set(injected) & set(PROCESS_KINDS), report
     assert set(injected) & set(NETWORK_KINDS) or not options.netns, report
+    assert result.passed, report
 
 
 @pytest.mark.timeout(240)

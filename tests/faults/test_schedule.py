@@ -54,6 +54,24 @@ def test_targets_follow_the_role() -> None:
     assert resolve(plan("pause", "controller", pick=0), nodes, {}, None).nodes == (1,)
 
 
+def test_a_fault_keeps_the_controller_it_fired_under_so_coordinator_faults_are_counted() -> None:
+    """The active controller is every group's coordinator: a kill or pause aimed at the
+    "controller" role takes the coordinator away, and the report counts such faults."""
+    from tests.faults.checkers import summarize
+    from tests.faults.runner import Nemesis
+
+    nodes = [1, 2, 3]
+    on_controller = resolve(plan("kill", "controller"), nodes, {0: 1}, 2)
+    assert on_controller.nodes == (2,) and on_controller.controller == 2
+    assert on_controller.describe() == "kill -9 2 (the controller)"
+    elsewhere = resolve(plan("pause", "leader"), nodes, {0: 1}, 2)
+    assert elsewhere.nodes == (1,) and "controller" not in elsewhere.describe()
+    isolated = resolve(plan("isolate", "controller"), nodes, {}, 3)
+    events = [{"index": i, "type": "info", "process": "nemesis", "f": "fault", "value": Nemesis._describe(fault)}
+              for i, fault in enumerate((on_controller, elsewhere, isolated))]
+    assert summarize(events)["coordinator_faults"] == 1  # kills and pauses only
+
+
 def test_network_faults_cut_the_right_links() -> None:
     nodes = [1, 2, 3, 4, 5]
     isolate = resolve(plan("isolate", "controller"), nodes, {}, 2)

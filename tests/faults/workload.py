@@ -1,5 +1,5 @@
-"""The load of a fault run: producers, a consumer and high-watermark probers, each writing
-its operations to the ``History``.
+"""The load of a fault run: producers, consumer group members, a committed-offsets prober
+and high-watermark probers, each writing its operations to the ``History``.
 
 Theory of operation
 -------------------
@@ -15,14 +15,40 @@ nothing was queued) or ``info`` (anything that may come after an append: timeout
 disconnects, NOT_LEADER_OR_FOLLOWER — which the node also answers when leadership moves
 while an acks=all append waits — NOT_ENOUGH_REPLICAS_AFTER_APPEND, a closed producer).
 
-``ConsumerWorker`` (a thread) reads every partition. Each consumer lifetime is one
-*assignment*: it ``assign``s the partitions, seeks each to where the previous assignment
-stopped, writes an ``assign`` op with those positions, then one ``poll`` op per poll with
-the records read. With ``auto_offset_reset="none"`` a position the log no longer covers
-raises instead of silently jumping; the worker records it (``info`` poll) and seeks back to
-its own position, so any offset it does not read next is a skip the checker sees. A new
-assignment starts every ``reassign_s``. ``group_id`` switches on group mode (subscribe,
-commit after each poll, ``commit`` ops) for when consumer groups exist.
+``GroupMemberWorker`` (a thread; the runner starts ``GROUP_MEMBERS`` of them) is one member
+of the consumer group ``GROUP_ID`` subscribed to the topic, with manual commits. Its
+rebalance listener writes an ``assign`` op per assignment change (the partitions it gained
+and the position each starts at, which is the group's committed offset, plus ``since``:
+the index of the last history event before the ``poll`` that fetched those offsets) and a
+``revoke`` op per loss (``reason`` "revoked" by a rebalance, "close", or "lost": fenced or
+out of the group without a rebalance). Before a revoke (not a loss) it commits where it
+is for the revoked partitions, even when nothing changed: the answer shows whether the
+coordinator still took it for the owner. After every ``poll`` with records it writes one
+``poll`` op and commits the positions after those records (``commit`` invoke, then ``ok``;
+``fail`` when the client raised a non-retriable error, e.g. COMMIT_FAILED when fenced —
+its last attempt was refused, an earlier one that timed out may still have been applied,
+so no checker relies on a failed commit's offsets; ``info`` for the rest). Every
+``restart_s`` (staggered between members) it closes its consumer and starts a new one,
+so rebalances happen without faults too; ``assignment`` counts those consumer lifetimes.
+With ``auto_offset_reset="none"``, OFFSET_OUT_OF_RANGE is recorded (``info`` poll) and
+the member seeks back to its own position; a partition assigned without a committed
+offset starts at 0 and is recorded with position null.
+
+``CommittedOffsetsProber`` (a thread) asks the group's committed offsets (OffsetFetch as
+a non-member) every ``COMMITTED_PROBE_INTERVAL_S``: ``committed`` invoke, then ``ok`` with
+the offsets (null: none committed) or ``info``. ``commit_initial_offsets`` commits 0 for
+every partition before the members start (as a non-member, while the group is empty), so
+a committed offset is never legitimately missing afterwards; ``probe_committed`` is one
+probe (the runner's last one, after the heal).
+
+``ConsumerWorker`` (a thread, off by default) is a plain consumer that reads every
+partition with ``assign``. Each consumer lifetime is one *assignment*: it seeks each
+partition to where the previous assignment stopped, writes an ``assign`` op
+(``mode`` "assign") with those positions, then one ``poll`` op per poll with the records
+read. With ``auto_offset_reset="none"`` a position the log no longer covers raises
+instead of silently jumping; the worker records it (``info`` poll) and seeks back to its
+own position, so any offset it does not read next is a skip the checker sees. A new
+assignment starts every ``reassign_s``.
 
 ``HighWatermarkProber`` (a thread per node) asks its node ListOffsets(latest) for every
 partition every ``HW_PROBE_INTERVAL_S``; a leader's answer is an ``hw`` op with the node,
@@ -42,7 +68,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from cluster.client import Consumer, Producer, TopicPartition
+from cluster.client import Consumer, ConsumerRebalanceListener, Producer, TopicPartition
 from cluster.client import errors as client_errors
 from cluster.launcher import recv_exactly
 from cluster.protocol import errors, framing
@@ -85,6 +111,21 @@ CONSUMER_CONFIG: dict[str, Any] = {
     "connect_timeout_ms": 2000,
     "max_poll_records": 1000,
 }
+GROUP_ID = "faults"
+GROUP_MEMBERS = 2
+# A member silent for 4 s is removed, so a member cut off by a fault is fenced within one
+# fault's hold time; one that does not poll for 10 s leaves (a commit waits at most 5 s).
+GROUP_CONSUMER_CONFIG: dict[str, Any] = {
+    **CONSUMER_CONFIG,
+    "enable_auto_commit": False,
+    "session_timeout_ms": 4000,
+    "max_poll_interval_ms": 10000,
+}
+COMMIT_TIMEOUT_MS = 5000
+MEMBER_RESTART_S = 20.0
+COMMITTED_PROBE_INTERVAL_S = 0.5
+COMMITTED_PROBE_TIMEOUT_MS = 3000
+INITIAL_COMMIT_TIMEOUT_S = 30.0
 SEND_TICK_S = 0.01
 PENDING_MAX = 2000  # values in flight per producer
 PRODUCER_CLOSE_TIMEOUT_S = 20.0
@@ -212,15 +253,16 @@ class ProducerWorker:
 
 
 class ConsumerWorker:
+    """A plain consumer (``assign``, no group) that reads every partition."""
+
     def __init__(self, process: str, bootstrap: str, topic: str, partitions: int, history: History,
-                 reassign_s: float = REASSIGN_S, group_id: str | None = None) -> None:
+                 reassign_s: float = REASSIGN_S) -> None:
         self.process = process
         self.bootstrap = bootstrap
         self.topic = topic
         self.partitions = partitions
         self.history = history
         self.reassign_s = reassign_s
-        self.group_id = group_id
         self.positions = {p: 0 for p in range(partitions)}
         self.assignment = 0
         self._stop = threading.Event()
@@ -249,24 +291,18 @@ class ConsumerWorker:
     def _one_assignment(self) -> None:
         tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
         try:
-            consumer = Consumer(bootstrap_servers=self.bootstrap, group_id=self.group_id,
-                                client_id=f"faults-{self.process}", **CONSUMER_CONFIG)
+            consumer = Consumer(bootstrap_servers=self.bootstrap, client_id=f"faults-{self.process}",
+                                **CONSUMER_CONFIG)
         except client_errors.KraftError as exc:
             self.history.info(self.process, "assign", None, assignment=self.assignment, error=error_name(exc))
             self._stop.wait(POLL_ERROR_BACKOFF_S)
             return
         try:
-            if self.group_id is None:
-                consumer.assign(tps)
-                for tp in tps:
-                    consumer.seek(tp, self.positions[tp.partition])
-                self.history.ok(self.process, "assign", {"mode": "assign",
-                                                         "positions": sorted(self.positions.items())},
-                                assignment=self.assignment)
-            else:
-                consumer.subscribe([self.topic])
-                self.history.ok(self.process, "assign", {"mode": "group", "group": self.group_id},
-                                assignment=self.assignment)
+            consumer.assign(tps)
+            for tp in tps:
+                consumer.seek(tp, self.positions[tp.partition])
+            self.history.ok(self.process, "assign", {"mode": "assign", "positions": sorted(self.positions.items())},
+                            assignment=self.assignment)
             deadline = time.monotonic() + self.reassign_s
             while not self._stop.is_set() and time.monotonic() < deadline:
                 self._poll_once(consumer, tps)
@@ -278,15 +314,12 @@ class ConsumerWorker:
             batches = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
         except client_errors.OffsetOutOfRangeError as exc:
             self.history.info(self.process, "poll", None, assignment=self.assignment, error=str(exc)[:300])
-            if self.group_id is None:
-                for tp in tps:  # back to where this consumer is, never elsewhere
-                    consumer.seek(tp, self.positions[tp.partition])
+            for tp in tps:  # back to where this consumer is, never elsewhere
+                consumer.seek(tp, self.positions[tp.partition])
             return
         except client_errors.KraftError as exc:
             self.history.info(self.process, "poll", None, assignment=self.assignment, error=error_name(exc))
             self._stop.wait(POLL_ERROR_BACKOFF_S)
-            return
-        if not batches:
             return
         reads = []
         for tp, records in batches.items():
@@ -294,23 +327,257 @@ class ConsumerWorker:
                 reads.append([tp.partition, record.offset, decode_value(record.value)])
             if records:
                 self.positions[tp.partition] = records[-1].offset + 1
-        self.history.ok(self.process, "poll", reads, assignment=self.assignment)
-        if self.group_id is not None:
-            self._commit(consumer, {tp.partition: self.positions[tp.partition] for tp in batches})
+        if reads:
+            self.history.ok(self.process, "poll", reads, assignment=self.assignment)
 
-    def _commit(self, consumer: Consumer, offsets: dict[int, int]) -> None:
-        value = {"group": self.group_id, "offsets": sorted(offsets.items())}
-        self.history.invoke(self.process, "commit", value, assignment=self.assignment)
+
+class _MemberListener(ConsumerRebalanceListener):
+    """Hands the consumer's rebalance callbacks to its ``GroupMemberWorker``."""
+
+    def __init__(self, worker: "GroupMemberWorker") -> None:
+        self.worker = worker
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.worker.on_assigned(assigned)
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.worker.on_revoked(revoked, lost=False)
+
+    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        self.worker.on_revoked(lost, lost=True)
+
+
+def _member_id(consumer: Consumer) -> str | None:
+    """The member id the coordinator gave this consumer (for reading the history only)."""
+    membership = getattr(consumer, "_membership", None)
+    return getattr(getattr(membership, "state", None), "member_id", None) or None
+
+
+class GroupMemberWorker:
+    """One member of the consumer group: subscribe, poll, commit after each poll."""
+
+    def __init__(self, process: str, bootstrap: str, topic: str, history: History, *,
+                 group_id: str = GROUP_ID, restart_s: float = MEMBER_RESTART_S,
+                 first_restart_s: float | None = None) -> None:
+        self.process = process
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.history = history
+        self.group_id = group_id
+        self.restart_s = restart_s
+        self.first_restart_s = restart_s if first_restart_s is None else first_restart_s
+        self.assignment = 0  # consumer lifetimes so far
+        self.owned: dict[int, int] = {}  # partition -> the next offset this member reads
+        self._consumer: Consumer | None = None
+        self._closing = False
+        self._poll_since = -1  # index of the last history event before the current poll
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"faults-{process}", daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout_s: float) -> bool:
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
         try:
-            consumer.commit({TopicPartition(self.topic, p): o for p, o in offsets.items()})
-        except NotImplementedError as exc:
-            self.history.fail(self.process, "commit", value, assignment=self.assignment, error=str(exc)[:200])
+            lifetime_s = self.first_restart_s
+            while not self._stop.is_set():
+                self._one_lifetime(lifetime_s)
+                self.assignment += 1
+                lifetime_s = self.restart_s
+        except BaseException as exc:
+            logger.exception("%s failed", self.process)
+            self.error = exc
+
+    def _one_lifetime(self, lifetime_s: float) -> None:
+        try:
+            consumer = Consumer(bootstrap_servers=self.bootstrap, group_id=self.group_id,
+                                client_id=f"faults-{self.process}", **GROUP_CONSUMER_CONFIG)
+        except client_errors.KraftError as exc:
+            self.history.info(self.process, "join", {"group": self.group_id}, assignment=self.assignment,
+                              error=error_name(exc))
+            self._stop.wait(POLL_ERROR_BACKOFF_S)
+            return
+        self._consumer = consumer
+        self._closing = False
+        try:
+            consumer.subscribe([self.topic], listener=_MemberListener(self))
+            self.history.ok(self.process, "join", {"group": self.group_id}, assignment=self.assignment)
+            deadline = time.monotonic() + lifetime_s
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                self._poll_once(consumer)
+        finally:
+            self._closing = True
+            try:
+                consumer.close()  # revokes what it owns (the listener commits first), leaves the group
+            finally:
+                if self.owned:  # close() did not get to the listener
+                    self._record_revoke(sorted(self.owned), "close")
+                self._consumer = None
+
+    def _poll_once(self, consumer: Consumer) -> None:
+        self._poll_since = self.history.last_index()
+        try:
+            batches = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+        except client_errors.OffsetOutOfRangeError as exc:
+            self.history.info(self.process, "poll", None, assignment=self.assignment, error=str(exc)[:300])
+            for partition, position in sorted(self.owned.items()):  # back to where this member is
+                consumer.seek(TopicPartition(self.topic, partition), position)
+            return
+        except client_errors.KraftError as exc:
+            self.history.info(self.process, "poll", None, assignment=self.assignment, error=str(exc)[:300])
+            self._stop.wait(POLL_ERROR_BACKOFF_S)
+            return
+        reads = []
+        for tp, records in batches.items():
+            for record in records:
+                reads.append([tp.partition, record.offset, decode_value(record.value)])
+            if records and tp.partition in self.owned:
+                self.owned[tp.partition] = records[-1].offset + 1
+        if not reads:
+            return
+        self.history.ok(self.process, "poll", reads, assignment=self.assignment)
+        read = {tp.partition for tp, records in batches.items() if records}
+        self._commit(consumer, {p: self.owned[p] for p in sorted(read) if p in self.owned}, "poll")
+
+    def _commit(self, consumer: Consumer, offsets: dict[int, int], reason: str) -> None:
+        if not offsets:
+            return
+        value = {"group": self.group_id, "offsets": sorted(offsets.items())}
+        self.history.invoke(self.process, "commit", value, assignment=self.assignment, reason=reason)
+        try:
+            consumer.commit({TopicPartition(self.topic, p): o for p, o in offsets.items()},
+                            timeout_ms=COMMIT_TIMEOUT_MS)
         except client_errors.KraftError as exc:
             kind = "info" if exc.retriable else "fail"
             getattr(self.history, kind)(self.process, "commit", value, assignment=self.assignment,
-                                        error=error_name(exc))
+                                        reason=reason, error=error_name(exc))
         else:
-            self.history.ok(self.process, "commit", value, assignment=self.assignment)
+            self.history.ok(self.process, "commit", value, assignment=self.assignment, reason=reason)
+
+    # -- the rebalance listener's side (called inside poll / close, in this worker's thread) --
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        starts: list[list[Any]] = []
+        for tp in sorted(assigned):
+            position: int | None
+            try:
+                position = consumer.position(tp)
+            except client_errors.NoOffsetForPartitionError:
+                position = None  # no committed offset: the checkers report it; read from 0
+                consumer.seek(tp, 0)
+            starts.append([tp.partition, position])
+            self.owned[tp.partition] = position if position is not None else 0
+        self.history.ok(self.process, "assign", {
+            "mode": "group", "group": self.group_id, "member": _member_id(consumer),
+            "partitions": starts, "since": self._poll_since}, assignment=self.assignment)
+
+    def on_revoked(self, revoked: set[TopicPartition], lost: bool) -> None:
+        partitions = sorted(tp.partition for tp in revoked)
+        consumer = self._consumer
+        if not lost and consumer is not None:
+            self._commit(consumer, {p: self.owned[p] for p in partitions if p in self.owned}, "revoke")
+        self._record_revoke(partitions, "lost" if lost else ("close" if self._closing else "revoked"))
+
+    def _record_revoke(self, partitions: list[int], reason: str) -> None:
+        self.history.ok(self.process, "revoke", {"mode": "group", "group": self.group_id,
+                                                 "partitions": partitions, "reason": reason},
+                        assignment=self.assignment)
+        for p in partitions:
+            self.owned.pop(p, None)
+
+
+def _committed_value(group_id: str, found: dict[TopicPartition, Any]) -> dict[str, Any]:
+    return {"group": group_id, "offsets": sorted(
+        [tp.partition, om.offset if om is not None else None] for tp, om in found.items())}
+
+
+def probe_committed(consumer: Consumer, topic: str, partitions: int, history: History, process: str,
+                    group_id: str = GROUP_ID, timeout_ms: int = COMMITTED_PROBE_TIMEOUT_MS) -> bool:
+    """One OffsetFetch of the group's committed offsets as a ``committed`` op; True when answered."""
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    history.invoke(process, "committed", {"group": group_id})
+    try:
+        found = consumer.committed(tps, timeout_ms=timeout_ms)
+    except client_errors.KraftError as exc:
+        history.info(process, "committed", {"group": group_id}, error=error_name(exc))
+        return False
+    history.ok(process, "committed", _committed_value(group_id, found))
+    return True
+
+
+def offsets_client(bootstrap: str, process: str, group_id: str = GROUP_ID) -> Consumer:
+    """A consumer that only commits and fetches the group's offsets (never a member)."""
+    return Consumer(bootstrap_servers=bootstrap, group_id=group_id, client_id=f"faults-{process}",
+                    **{**CONSUMER_CONFIG, "enable_auto_commit": False})
+
+
+def commit_initial_offsets(bootstrap: str, topic: str, partitions: int, history: History,
+                           group_id: str = GROUP_ID, timeout_s: float = INITIAL_COMMIT_TIMEOUT_S) -> None:
+    """Commit offset 0 for every partition while the group has no members (a ``commit`` op
+    of process "setup"); raises when the cluster does not take it within ``timeout_s``."""
+    offsets = {p: 0 for p in range(partitions)}
+    value = {"group": group_id, "offsets": sorted(offsets.items())}
+    deadline = time.monotonic() + timeout_s
+    with offsets_client(bootstrap, "setup", group_id) as consumer:
+        consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+        while True:
+            history.invoke("setup", "commit", value, reason="initial")
+            try:
+                consumer.commit({TopicPartition(topic, p): o for p, o in offsets.items()},
+                                timeout_ms=COMMIT_TIMEOUT_MS)
+            except client_errors.KraftError as exc:
+                history.info("setup", "commit", value, reason="initial", error=error_name(exc))
+                if not exc.retriable or time.monotonic() >= deadline:
+                    raise
+                continue
+            history.ok("setup", "commit", value, reason="initial")
+            return
+
+
+class CommittedOffsetsProber:
+    """Fetches the group's committed offsets every ``COMMITTED_PROBE_INTERVAL_S``."""
+
+    def __init__(self, process: str, bootstrap: str, topic: str, partitions: int, history: History,
+                 group_id: str = GROUP_ID) -> None:
+        self.process = process
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.partitions = partitions
+        self.history = history
+        self.group_id = group_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"faults-{process}", daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout_s: float) -> bool:
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            with offsets_client(self.bootstrap, self.process, self.group_id) as consumer:
+                while not self._stop.wait(COMMITTED_PROBE_INTERVAL_S):
+                    probe_committed(consumer, self.topic, self.partitions, self.history, self.process,
+                                    self.group_id)
+        except BaseException as exc:
+            logger.exception("%s failed", self.process)
+            self.error = exc
 
 
 class HighWatermarkProber:
