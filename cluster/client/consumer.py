@@ -110,6 +110,7 @@ def list_offsets(client: NetworkClient, timestamps: Mapping[TopicPartition, int]
     while pending:
         by_leader: dict[int, list[TopicPartition]] = {}
         retry_error: BaseException | None = None
+        node_error = False  # a node answered with a retriable error (not just an unknown leader)
         for tp in pending:
             leader = metadata.leader_for(tp.topic, tp.partition)
             if leader < 0:
@@ -129,6 +130,7 @@ def list_offsets(client: NetworkClient, timestamps: Mapping[TopicPartition, int]
                 if not exc.retriable:
                     raise
                 retry_error = exc
+                node_error = True
                 continue
             for topic in response.get("topics", ()):
                 for p in topic.get("partitions", ()):
@@ -141,6 +143,7 @@ def list_offsets(client: NetworkClient, timestamps: Mapping[TopicPartition, int]
                         if not error.retriable:
                             raise error
                         retry_error = error
+                        node_error = True
                         continue
                     found[tp] = (p.get("offset", -1), p.get("timestamp", -1))
                     del pending[tp]
@@ -153,8 +156,10 @@ def list_offsets(client: NetworkClient, timestamps: Mapping[TopicPartition, int]
             except errors.KraftError as exc:
                 if not exc.retriable:
                     raise
-            if any(metadata.leader_for(tp.topic, tp.partition) < 0 for tp in pending) or retry_error:
-                time.sleep(backoff_s)  # backoff before asking again
+            # A leader unknown only because no metadata was loaded yet (a consumer's first
+            # poll) is asked at once after the refresh; a node's error backs off.
+            if node_error or any(metadata.leader_for(tp.topic, tp.partition) < 0 for tp in pending):
+                time.sleep(backoff_s)
     return found
 
 
