@@ -10,16 +10,26 @@ not share a GIL. Before that, ``raw_lmdb_append`` writes the same number of byte
 batches built by the same codec, straight into a fresh LMDB environment with synced commits
 (``batches_per_txn`` batches per transaction): the local limit the node is compared with.
 ``run_consume`` produces a backlog the same way, then times one ``Consumer`` reading it all
-from the beginning. Each run returns a dict of figures that ``bench.report`` prints and saves.
+from the beginning. ``run_ingest`` measures the broker alone: it builds one batch with the
+same codec, then sends that batch over and over as Produce requests from ``connections``
+client connections (one thread each, ``in_flight`` requests pipelined per connection, the
+partitions shared round robin), so the client does no per-record work and the figure is
+the node's ingest rate of pre-built batches, next to the raw LMDB append of the same bytes
+measured in the same run. Each run returns a dict of figures that ``bench.report`` prints
+and saves; ``python -m bench.perf ingest`` runs the ingest mode from the command line.
 """
 
 from __future__ import annotations
 
+import argparse
+import collections
 import itertools
 import os
 import shutil
 import struct
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,12 +38,16 @@ import lmdb
 from tqdm import tqdm
 
 from cluster.client import Admin, Consumer, NewTopic, Producer, TopicPartition
+from cluster.client.connection import BrokerConnection, ResponseFuture, parse_address
 from cluster.launcher import NodeProcess
+from cluster.protocol.api import ACKS_ALL, ApiKey
 from storage.batch import encode_batch
 
 PROGRESS_EVERY_RECORDS = 10_000
 CONSUME_IDLE_TIMEOUT_S = 30.0
 RAW_MAP_SIZE_BYTES = 8 << 30
+INGEST_IN_FLIGHT_DEFAULT = 8  # Produce requests pipelined per ingest connection
+INGEST_REQUEST_TIMEOUT_MS = 60000
 
 
 def _value_pool(record_size: int, count: int = 1024) -> list[bytes]:
@@ -211,3 +225,135 @@ def _consume_all(bootstrap: str, topic: str, partitions: int, records: int, prog
         bar.close()
     return {"records": count, "seconds": elapsed, "records_per_s": count / elapsed,
             "mb_per_s": nbytes / elapsed / 1e6}
+
+
+# -- ingest of pre-built batches --------------------------------------------------------------
+
+
+def _ingest_connection(address: str, topic: str, partitions: list[int], batch: bytes, requests: int,
+                       acks: int, in_flight: int, errors: list[str]) -> None:
+    """Send ``requests`` Produce requests of one batch each, round robin over ``partitions``."""
+    host, port = parse_address(address)
+    conn = BrokerConnection(host, port, client_id="bench-ingest", request_timeout_ms=INGEST_REQUEST_TIMEOUT_MS)
+    window: collections.deque[ResponseFuture] = collections.deque()
+
+    def check(future: ResponseFuture) -> None:
+        body = future.result(INGEST_REQUEST_TIMEOUT_MS / 1000)
+        for t in body.get("topics", ()):
+            for part in t.get("partitions", ()):
+                if part.get("error_code") and len(errors) < 10:
+                    errors.append(f"partition {part['index']}: error {part['error_code']} {part.get('error_message')}")
+        if "topics" not in body and len(errors) < 10:
+            errors.append(f"request failed: {body}")
+
+    try:
+        for i in range(requests):
+            if len(window) >= in_flight:
+                check(window.popleft())
+            body = {"acks": acks, "timeout_ms": INGEST_REQUEST_TIMEOUT_MS,
+                    "topics": [{"name": topic, "partitions": [
+                        {"index": partitions[i % len(partitions)], "records": batch}]}]}
+            window.append(conn.send(ApiKey.PRODUCE, body))
+        while window:
+            check(window.popleft())
+    except Exception as exc:  # reported by the caller
+        errors.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        conn.close()
+
+
+def _ingest(bootstrap: str, topic: str, partitions: int, batch: bytes, records_per_batch: int, batches: int,
+            acks: int, connections: int, in_flight: int) -> dict[str, Any]:
+    address = bootstrap.split(",")[0]
+    shares = [list(range(c, partitions, connections)) or [c % partitions] for c in range(connections)]
+    counts = [batches // connections + (1 if c < batches % connections else 0) for c in range(connections)]
+    errors: list[str] = []
+    threads = [threading.Thread(target=_ingest_connection,
+                                args=(address, topic, shares[c], batch, counts[c], acks, in_flight, errors),
+                                name=f"bench-ingest-{c}") for c in range(connections) if counts[c]]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"ingest failed: {errors[0]}")
+    records = batches * records_per_batch
+    return {
+        "records": records,
+        "seconds": elapsed,
+        "records_per_s": records / elapsed,
+        "mb_per_s": batches * len(batch) / elapsed / 1e6,
+        "batches": batches,
+        "requests_per_s": batches / elapsed,
+    }
+
+
+def run_ingest(*, records: int, record_size: int, partitions: int, acks: int | str = 1,
+               topic: str = "bench-ingest", bootstrap: str | None = None, batch_size: int | None = None,
+               connections: int = 1, in_flight: int = INGEST_IN_FLIGHT_DEFAULT,
+               batches_per_txn: int = 10) -> dict[str, Any]:
+    """The node's ingest rate of pre-built batches against the raw LMDB append of the same bytes."""
+    options = {} if batch_size is None else {"batch_size": batch_size}
+    records_per_batch = _records_per_batch(record_size, options)
+    batches = max(1, records // records_per_batch)
+    acks_value = ACKS_ALL if acks in ("all", ACKS_ALL) else int(acks)
+    with tempfile.TemporaryDirectory(prefix="kraft-bench-lmdb-") as raw_dir:
+        raw = raw_lmdb_append(batches * records_per_batch, record_size, records_per_batch, batches_per_txn,
+                              Path(raw_dir))
+    now_ms = int(time.time() * 1000)
+    batch = encode_batch([(now_ms, None, v, None) for v in _value_pool(record_size, records_per_batch)])
+    cluster = _Cluster(bootstrap)
+    try:
+        _create_topic(cluster.bootstrap, topic, partitions, 1)
+        ingested = _ingest(cluster.bootstrap, topic, partitions, batch, records_per_batch, batches, acks_value,
+                           connections, in_flight)
+        facts = cluster.facts()
+    finally:
+        cluster.close()
+    ratio = ingested["records_per_s"] / raw["records_per_s"]
+    return {
+        "workload": "ingest",
+        "params": {"records": batches * records_per_batch, "record_size": record_size, "partitions": partitions,
+                   "acks": acks, "batch_bytes": len(batch), "records_per_batch": records_per_batch,
+                   "connections": connections, "in_flight": in_flight, "batches_per_txn": batches_per_txn},
+        "produce": ingested,
+        "raw_lmdb_append": raw,
+        "ratio_produce_to_raw_lmdb": ratio,
+        "ratio_ingest_to_raw_lmdb": ratio,
+        "cluster": facts,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.perf ingest``: the broker's ingest of pre-built batches."""
+    from bench import report  # the CLI only: run_* stay free of printing
+
+    parser = argparse.ArgumentParser(prog="python -m bench.perf")
+    sub = parser.add_subparsers(dest="mode", required=True)
+    p = sub.add_parser("ingest", help="send pre-built batches to a node: its ingest rate against raw LMDB")
+    p.add_argument("--records", type=int, default=2_000_000)
+    p.add_argument("--record-size", type=int, default=100, help="value bytes")
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--batch-size", type=int, help="batch size in bytes (default: the producer's)")
+    p.add_argument("--connections", type=int, default=1)
+    p.add_argument("--in-flight", type=int, default=INGEST_IN_FLIGHT_DEFAULT, help="requests pipelined per connection")
+    p.add_argument("--acks", default="1", choices=["1", "all", "-1"])
+    p.add_argument("--batches-per-txn", type=int, default=10,
+                   help="batches per synced transaction in the raw LMDB baseline")
+    p.add_argument("--bootstrap-server", help="measure a running node instead of starting one")
+    p.add_argument("--out-dir", type=Path, help="where the JSON result goes (default bench/results)")
+    args = parser.parse_args(argv)
+    result = run_ingest(records=args.records, record_size=args.record_size, partitions=args.partitions,
+                        acks=args.acks, bootstrap=args.bootstrap_server, batch_size=args.batch_size,
+                        connections=args.connections, in_flight=args.in_flight,
+                        batches_per_txn=args.batches_per_txn)
+    path = report.finish(result, args.out_dir)
+    print(report.summary(result))
+    print(f"  result: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -752,10 +752,15 @@ class RequestHandlers:
             return None
 
         timeout_ms = _field(body, "timeout_ms", int, default=FORWARD_TIMEOUT_MS_MAX)
-        entries = await asyncio.gather(*(
-            self._produce_outcome(name, index, outcome, acks, min_isr.get((name, index), 1), timeout_ms)
-            for name, index, outcome in pending
-        ))
+        if len(pending) == 1:  # the common request: no task per partition
+            name, index, outcome = pending[0]
+            entries = [await self._produce_outcome(name, index, outcome, acks, min_isr.get((name, index), 1),
+                                                   timeout_ms)]
+        else:
+            entries = await asyncio.gather(*(
+                self._produce_outcome(name, index, outcome, acks, min_isr.get((name, index), 1), timeout_ms)
+                for name, index, outcome in pending
+            ))
         by_topic: dict[str, list[Body]] = {}
         for (name, _, _), entry in zip(pending, entries):
             by_topic.setdefault(name, []).append(entry)
@@ -768,7 +773,14 @@ class RequestHandlers:
         if isinstance(outcome, dict):
             return outcome
         log, futures = outcome
-        results = await asyncio.gather(*futures, return_exceptions=True)
+        results: list[Any]
+        if len(futures) == 1:
+            try:
+                results = [await futures[0]]
+            except Exception as exc:  # reported below, as gather would return it
+                results = [exc]
+        else:
+            results = await asyncio.gather(*futures, return_exceptions=True)
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         first = results[0]
         if failure is not None or isinstance(first, BaseException):

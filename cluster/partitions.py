@@ -51,6 +51,7 @@ watermark is the log end offset once the append is committed.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 from pathlib import Path
@@ -268,21 +269,39 @@ class PartitionManager:
         """Submit one validated batch; the returned future completes after the commit.
 
         Cancelling the returned future (a client that went away) does not stop the append,
-        nor the high-watermark advance and wake-ups that follow its commit.
+        nor the high-watermark advance and wake-ups that follow its commit: those hang off
+        the log's own future, which hops to the event loop once (one loop future per
+        append, no wrap/shield chain: this runs for every batch produced).
         """
-        future = asyncio.wrap_future(log.append(batch, leader_epoch))
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[AppendResult] = loop.create_future()
         key = (log.topic, log.partition)
-        future.add_done_callback(lambda done: self._committed(key, log, done))
-        return asyncio.shield(future)
 
-    def _committed(self, key: PartitionKey, log: PartitionLog, done: asyncio.Future[AppendResult]) -> None:
-        if done.cancelled() or done.exception() is not None:
-            return  # the exception is reported to whoever awaits the future
-        if self.replicas is None:
-            log.set_high_watermark(log.log_end_offset)
+        def committed(done: concurrent.futures.Future[AppendResult]) -> None:  # the writer thread
+            if not loop.is_closed():
+                try:
+                    loop.call_soon_threadsafe(self._committed, key, log, done, waiter)
+                except RuntimeError:
+                    pass  # the loop closed meanwhile: the node is stopping
+
+        log.append(batch, leader_epoch).add_done_callback(committed)
+        return waiter
+
+    def _committed(self, key: PartitionKey, log: PartitionLog, done: concurrent.futures.Future[AppendResult],
+                   waiter: asyncio.Future[AppendResult]) -> None:
+        error = done.exception()
+        if error is None:
+            if self.replicas is None:
+                log.set_high_watermark(log.log_end_offset)
+            else:
+                self.replicas.on_leader_append(key, log)
+            self._wake(key)
+        if waiter.done():
+            return  # cancelled: nobody waits for the outcome any more
+        if error is None:
+            waiter.set_result(done.result())
         else:
-            self.replicas.on_leader_append(key, log)
-        self._wake(key)
+            waiter.set_exception(error)
 
     # -- long polls -----------------------------------------------------------------------
 

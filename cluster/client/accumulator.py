@@ -9,13 +9,20 @@ inlines the same steps): under the one lock it appends a ``(timestamp_ms, key, v
 headers)`` tuple to the open batch's list, subtracts the record's estimated size from the
 batch's room, and returns a ``RecordFuture`` tuple; it neither encodes nor allocates per
 record beyond those two tuples. Everything else (a full batch, a new batch, waiting for
-memory) is ``batch_with_room``, the slow path.
+memory) is ``batch_with_room``, the slow path. ``sticky_slots[topic]`` is a one-element
+list holding the open batch of the topic's sticky partition (or None), kept in step with
+``open`` and the sticky choice by every method that changes either, so the producer's
+unkeyed fast path finds its batch with one dict lookup.
 
 A batch closes when the next record would push its estimated size past ``batch_size``
 (``append`` starts a new one; a record larger than ``batch_size`` gets a batch of its own),
-when it is ``linger_ms`` old, or at once while a flush or close is in progress
-(``close_due``). Closing the sticky partition's batch moves the topic's unkeyed records to
-another partition.
+when it is ``linger_ms`` old and its partition can send it at once (no batch of the
+partition in flight or queued), or at once while a flush or close is in progress
+(``close_due``). A lingered batch whose partition is busy stays open and keeps filling:
+closing it would queue one small batch per linger behind the one in flight, and once a
+round trip outlasted the linger that queue would only grow (every record waiting behind
+it). Closing the sticky partition's batch, or finding it lingered on a busy partition,
+moves the topic's unkeyed records to another partition (one that can send, if any).
 
 The sender (``drain``) takes the head batch of each ready partition whose leader is known
 and whose leader has room for another request in flight, and *mutes* the partition until
@@ -54,7 +61,6 @@ RECORD_OVERHEAD_BYTES = 24
 HEADER_OVERHEAD_BYTES = 8
 
 TopicPartitionKey = tuple[str, int]
-_new_future = tuple.__new__
 
 
 class RecordAccumulator:
@@ -89,6 +95,7 @@ class RecordAccumulator:
         self.closing = False
         self.sticky = sticky or StickyPartitions()
         self._sticky_current = self.sticky.current
+        self.sticky_slots: dict[str, list[ProducerBatch | None]] = {}
 
     # -- topics -------------------------------------------------------------------------
 
@@ -99,8 +106,13 @@ class RecordAccumulator:
             if batches is None:
                 self.open[topic] = [None] * num_partitions
                 self.sticky.choose(topic, num_partitions)
+                self.sticky_slots[topic] = [None]
             elif num_partitions > len(batches):
                 batches.extend([None] * (num_partitions - len(batches)))
+
+    def _sync_sticky(self, topic: str) -> None:
+        """Point the topic's sticky slot at its sticky partition's open batch (lock held)."""
+        self.sticky_slots[topic][0] = self.open[topic][self._sticky_current[topic]]
 
     # -- the hot path ---------------------------------------------------------------------
 
@@ -124,7 +136,7 @@ class RecordAccumulator:
             batch.room_bytes -= size
             records = batch.records
             records.append(record)
-            return _new_future(RecordFuture, (batch, len(records) - 1))
+            return RecordFuture((batch, len(records) - 1))
 
     def batch_with_room(self, topic: str, partition: int, sticky: bool, size: int,
                         max_block_s: float) -> ProducerBatch:
@@ -158,6 +170,7 @@ class RecordAccumulator:
         batch = ProducerBatch(topic, partition, self.clock(), capacity)
         batches[partition] = batch
         self.incomplete.add(batch)
+        self._sync_sticky(topic)
         self.sender_wakeup.notify()
         return batch
 
@@ -174,6 +187,7 @@ class RecordAccumulator:
             queue = self.ready[key] = collections.deque()
         queue.append(batch)
         self.sticky.next_partition(topic, partition, len(batches))
+        self._sync_sticky(topic)
         self.sender_wakeup.notify()
 
     def _wait_for_space(self, size: int, max_block_s: float) -> None:
@@ -195,13 +209,44 @@ class RecordAccumulator:
     # -- the sender's side (lock held) ------------------------------------------------------
 
     def close_due(self, now_s: float) -> None:
-        """Close open batches that lingered long enough (all of them while flushing/closing)."""
+        """Close open batches that lingered long enough and can be sent now (all of them
+        while flushing/closing).
+
+        A lingered batch whose partition cannot take it yet (a batch in flight, or older
+        batches queued) stays open and keeps filling until it is full or the partition
+        frees up: many small batches queued behind one in flight would cap the partition
+        at one small batch per round trip, and the queue would grow for good once the
+        round trip outlasted the linger. If it is the sticky partition, unkeyed records
+        move to another one meanwhile.
+        """
         force = self.flushing > 0 or self.closing
         deadline = now_s - self.linger_s
-        for batches in self.open.values():
+        muted = self.muted
+        ready = self.ready
+        for topic, batches in self.open.items():
             for batch in batches:
-                if batch is not None and (force or batch.created_s <= deadline):
-                    self._close(batch)
+                if batch is None or not (force or batch.created_s <= deadline):
+                    continue
+                key = (topic, batch.partition)
+                if not force and (key in muted or ready.get(key)):
+                    if self._sticky_current.get(topic) == batch.partition:
+                        self._move_sticky(topic, batch.partition, len(batches))
+                    continue
+                self._close(batch)
+
+    def _move_sticky(self, topic: str, busy_partition: int, num_partitions: int) -> None:
+        """Move the topic's unkeyed records off ``busy_partition``, to a partition that can
+        send at once when there is one."""
+        muted = self.muted
+        ready = self.ready
+        for step in range(1, num_partitions):  # the next free one after it, round robin
+            partition = (busy_partition + step) % num_partitions
+            if (topic, partition) not in muted and not ready.get((topic, partition)):
+                self._sticky_current[topic] = partition
+                self._sync_sticky(topic)
+                return
+        self.sticky.next_partition(topic, busy_partition, num_partitions)
+        self._sync_sticky(topic)
 
     def drain(self, now_s: float, leader_for: Callable[[str, int], int],
               node_has_room: Callable[[int], bool]) -> tuple[dict[int, list[ProducerBatch]], bool]:
@@ -243,9 +288,12 @@ class RecordAccumulator:
         """Seconds until some batch needs the sender again (None: only an event will)."""
         wake: float | None = None
         if not (self.flushing or self.closing):
-            for batches in self.open.values():
+            for topic, batches in self.open.items():
                 for batch in batches:
                     if batch is not None:
+                        key = (topic, batch.partition)
+                        if key in self.muted or self.ready.get(key):
+                            continue  # its partition's response or queue wakes the sender
                         t = batch.created_s + self.linger_s
                         wake = t if wake is None or t < wake else wake
         for key, queue in self.ready.items():
@@ -291,6 +339,8 @@ class RecordAccumulator:
                 if batch is not None:
                     out.append(batch)
                     batches[i] = None
+        for slot in self.sticky_slots.values():
+            slot[0] = None
         for queue in self.ready.values():
             out.extend(queue)
             queue.clear()

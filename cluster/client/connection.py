@@ -15,7 +15,8 @@ A produce request with acks=0 gets no response: it is written but never queued.
 Failures never raise from a background thread. A connect error, a broken socket, a
 response frame that does not decode, or a request older than ``request_timeout_ms``
 closes the connection and fails every queued future with a retriable error
-(NETWORK_EXCEPTION, or REQUEST_TIMED_OUT for the timeout). The next ``send`` reconnects,
+(NETWORK_EXCEPTION, or REQUEST_TIMED_OUT for the timeout), after letting the connection's
+lock go, since a future's callback may send on this connection again. The next ``send`` reconnects,
 no sooner than the reconnect backoff after a failed attempt. The framing itself lives in
 ``cluster.protocol.framing`` and never touches a socket.
 """
@@ -36,6 +37,7 @@ from cluster.protocol import framing
 log = logging.getLogger(__name__)
 
 READ_POLL_S = 0.1  # how often a reader blocked on recv looks at request deadlines
+READ_BUFFER_BYTES = 256 * 1024  # one recv takes every response frame that fits in here
 RECONNECT_BACKOFF_MS_MAX = 1000
 RESPONSE_FRAME_BYTES_MAX = 1 << 30
 
@@ -106,6 +108,11 @@ def _run_callback(callback: Callable[[ResponseFuture], None], future: ResponseFu
         callback(future)
     except Exception:  # a callback's bug must not kill the reader thread
         log.exception("response callback failed")
+
+
+def _fail_all(futures: list[ResponseFuture], error: BaseException) -> None:
+    for future in futures:
+        future.failure(error)
 
 
 def failed_future(error: BaseException) -> ResponseFuture:
@@ -213,7 +220,8 @@ class BrokerConnection:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            self._fail_locked(errors.NetworkExceptionError(f"connection to {self.name} closed by the client"))
+            pending = self._detach_locked()
+        _fail_all(pending, errors.NetworkExceptionError(f"connection to {self.name} closed by the client"))
         reader = self._reader
         if reader is not None and reader is not threading.current_thread():
             reader.join(timeout=2 * READ_POLL_S + 1)
@@ -235,9 +243,10 @@ class BrokerConnection:
             log.debug("connecting to %s failed: %s", self.name, exc)
             return errors.NetworkExceptionError(f"cannot connect to {self.name}: {exc}")
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # Blocking mode with kernel timeouts: the reader waits for a whole frame in one
-        # recv (MSG_WAITALL) without holding the GIL, and wakes every READ_POLL_S to look at
-        # request deadlines; a write may block up to the request timeout.
+        # Blocking mode with kernel timeouts: the reader waits in recv without holding the
+        # GIL, takes whatever has arrived (every whole frame in its buffer is dispatched
+        # before the next recv), and wakes every READ_POLL_S to look at request
+        # deadlines; a write may block up to the request timeout.
         sock.settimeout(None)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(READ_POLL_S))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(max(self.request_timeout_ms / 1000, 1.0)))
@@ -250,8 +259,10 @@ class BrokerConnection:
         log.debug("connected to %s", self.name)
         return None
 
-    def _fail_locked(self, error: BaseException) -> None:
-        """Close the socket and fail every queued request. Caller holds the lock."""
+    def _detach_locked(self) -> list[ResponseFuture]:
+        """Close the socket and take every queued request (caller holds the lock). The
+        caller fails them once it has let the lock go: their callbacks may send again on
+        this connection (the producer's sender does), which takes the lock."""
         sock, self._sock = self._sock, None
         if sock is not None:
             try:
@@ -259,16 +270,17 @@ class BrokerConnection:
             except OSError:
                 pass
             sock.close()
-        pending = list(self._in_flight)
+        pending = [future for _, future, _ in self._in_flight]
         self._in_flight.clear()
-        for _, future, _ in pending:
-            future.failure(error)
+        return pending
 
     def _fail(self, sock: socket.socket, error: BaseException) -> None:
         with self._lock:
-            if self._sock is sock:  # a newer connection may already be up
-                log.info("connection to %s failed: %s", self.name, error)
-                self._fail_locked(error)
+            if self._sock is not sock:  # a newer connection may already be up
+                return
+            log.info("connection to %s failed: %s", self.name, error)
+            pending = self._detach_locked()
+        _fail_all(pending, error)
 
     def _read_loop(self, sock: socket.socket) -> None:
         try:
@@ -276,6 +288,24 @@ class BrokerConnection:
         except Exception as exc:  # the reader must end by failing requests, never silently
             log.exception("reader of %s failed", self.name)
             self._fail(sock, errors.NetworkExceptionError(f"reader of {self.name} failed: {exc}"))
+
+    def _recv_some(self, sock: socket.socket, view: memoryview) -> int:
+        """One recv into ``view`` (as many bytes as are there, at least one); 0 when the
+        connection is gone."""
+        while True:
+            if self._sock is not sock:
+                return 0
+            try:
+                n = sock.recv_into(view)
+            except (BlockingIOError, TimeoutError, InterruptedError):
+                self._check_deadlines(sock)
+                continue
+            except OSError as exc:
+                self._fail(sock, errors.NetworkExceptionError(f"reading from {self.name} failed: {exc}"))
+                return 0
+            if n == 0:
+                self._fail(sock, errors.NetworkExceptionError(f"{self.name} closed the connection"))
+            return n
 
     def _recv_into(self, sock: socket.socket, view: memoryview) -> bool:
         """Fill ``view`` from the socket; False when the connection is gone."""
@@ -299,23 +329,54 @@ class BrokerConnection:
         return True
 
     def _read_frames(self, sock: socket.socket) -> None:
-        prefix = bytearray(framing.SIZE_BYTES)
-        prefix_view = memoryview(prefix)
-        while True:
-            if not self._recv_into(sock, prefix_view):
-                return
-            try:
-                size = framing.check_frame_size(bytes(prefix), RESPONSE_FRAME_BYTES_MAX)
-            except framing.FrameError as exc:
-                self._fail(sock, errors.NetworkExceptionError(f"bad frame from {self.name}: {exc}"))
-                return
-            payload = bytearray(size)
-            if not self._recv_into(sock, memoryview(payload)):
-                return
-            if not self._dispatch(sock, payload):
-                return
+        """Read response frames through one buffer: a recv takes whatever has arrived, and
+        every whole frame in it is dispatched before the next recv.
 
-    def _dispatch(self, sock: socket.socket, payload: bytes | bytearray) -> bool:
+        Each recv gives up the GIL and must win it back, which costs a background thread
+        up to the interpreter's switch interval (5 ms) while an application thread is busy
+        calling ``send``; reading the size prefix and the body with separate calls paid that
+        twice per response, on the path from a response to the next request.
+        """
+        buffer = bytearray(READ_BUFFER_BYTES)
+        view = memoryview(buffer)
+        start = end = 0  # buffer[start:end] is read and not dispatched yet
+        size_bytes = framing.SIZE_BYTES
+        while True:
+            if end - start >= size_bytes:
+                try:
+                    size = framing.check_frame_size(bytes(view[start:start + size_bytes]), RESPONSE_FRAME_BYTES_MAX)
+                except framing.FrameError as exc:
+                    self._fail(sock, errors.NetworkExceptionError(f"bad frame from {self.name}: {exc}"))
+                    return
+                frame_end = start + size_bytes + size
+                if frame_end <= end:
+                    payload = view[start + size_bytes:frame_end]
+                    start = frame_end
+                    if not self._dispatch(sock, payload):
+                        return
+                    continue
+                if size_bytes + size > len(buffer):
+                    # Larger than the buffer: a buffer of its own, filled with what has
+                    # arrived and then the rest.
+                    large = bytearray(size)
+                    have = end - start - size_bytes
+                    large[:have] = view[start + size_bytes:end]
+                    start = end = 0
+                    if not self._recv_into(sock, memoryview(large)[have:]):
+                        return
+                    if not self._dispatch(sock, large):
+                        return
+                    continue
+            if start:  # move the partial frame (if any) to the front
+                buffer[:end - start] = bytes(view[start:end])
+                end -= start
+                start = 0
+            n = self._recv_some(sock, view[end:])
+            if n == 0:
+                return
+            end += n
+
+    def _dispatch(self, sock: socket.socket, payload: bytes | bytearray | memoryview) -> bool:
         try:
             correlation_id, body = framing.decode_response(payload)
         except framing.FrameError as exc:
@@ -324,12 +385,16 @@ class BrokerConnection:
         with self._lock:
             if self._sock is not sock:
                 return False
-            if not self._in_flight or self._in_flight[0][0] != correlation_id:
+            if self._in_flight and self._in_flight[0][0] == correlation_id:
+                _, future, _ = self._in_flight.popleft()
+                pending = None
+            else:
                 expected = self._in_flight[0][0] if self._in_flight else None
-                self._fail_locked(errors.NetworkExceptionError(
-                    f"{self.name} answered correlation id {correlation_id}, expected {expected}"))
-                return False
-            _, future, _ = self._in_flight.popleft()
+                pending = self._detach_locked()
+        if pending is not None:
+            _fail_all(pending, errors.NetworkExceptionError(
+                f"{self.name} answered correlation id {correlation_id}, expected {expected}"))
+            return False
         future.success(body)
         return True
 

@@ -12,8 +12,10 @@ Theory of operation
 stamps it with the wall-clock time and appends a ``(timestamp_ms, key, value, headers)``
 tuple to its partition's open batch under the accumulator's lock: the steps of
 ``RecordAccumulator.append``, inlined, because this is the per-record cost of producing.
-Unkeyed records with a bytes value take a straight-line fast path; keys (murmur2
-partitioning), headers, explicit partitions and str values take ``_send_general``. The
+Unkeyed records with a bytes value take a straight-line fast path that finds the open
+batch of the topic's sticky partition with one lookup (the accumulator's sticky slot);
+keys (murmur2 partitioning), headers, explicit partitions and str values take
+``_send_general``. The
 first send to a topic blocks (up to ``max_block_ms``) until its metadata is known. Nothing
 on this path encodes a record or takes another lock.
 
@@ -51,7 +53,6 @@ RETRIES_MAX = 2147483647
 FORCE_CLOSE_JOIN_S = 1.0
 
 _time_ns = time.time_ns
-_new_future = tuple.__new__
 
 
 def _acks_value(acks: int | str) -> int:
@@ -137,8 +138,11 @@ class Producer:
         self._topics: set[str] = set()
         # The accumulator's state that send() touches, bound once.
         self._lock = self._accumulator.lock
+        self._acquire = self._lock.acquire
+        self._release = self._lock.release
         self._open = self._accumulator.open
         self._sticky = self._accumulator.sticky.current
+        self._sticky_slots = self._accumulator.sticky_slots
         self._batch_with_room = self._accumulator.batch_with_room
         self._sender = Sender(
             self._client, self._accumulator, acks=self.acks, retries=retries,
@@ -169,19 +173,23 @@ class Producer:
             return self._send_general(topic, value, key, headers, partition, timestamp_ms)
         # The common case (bytes value, no key, headers or partition) in straight-line code:
         # these lines are the producer's per-record cost.
+        # The sticky slot holds the open batch of the topic's sticky partition (see the
+        # accumulator); acquire/release cost half of a with-statement on the lock.
         size = len(value) + RECORD_OVERHEAD_BYTES
         if size > self._record_bytes_max:
             raise self._too_large(size)
-        batches = self._open.get(topic) or self._wait_on_metadata(topic)
-        with self._lock:
-            partition = self._sticky[topic]
-            batch = batches[partition]
+        slot = self._sticky_slots.get(topic) or self._sticky_slot(topic)
+        self._acquire()
+        try:
+            batch = slot[0]
             if batch is None or batch.room_bytes < size:
-                batch = self._batch_with_room(topic, partition, True, size, self._max_block_s)
+                batch = self._batch_with_room(topic, self._sticky[topic], True, size, self._max_block_s)
             batch.room_bytes -= size
             records = batch.records
             records.append((_time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms, None, value, None))
-            return _new_future(RecordFuture, (batch, len(records) - 1))
+            return RecordFuture((batch, len(records) - 1))
+        finally:
+            self._release()
 
     def _send_general(self, topic: str, value: Any, key: Any, headers: Any, partition: int | None,
                       timestamp_ms: int | None) -> RecordFuture:
@@ -210,7 +218,8 @@ class Producer:
             if not 0 <= partition < len(batches):
                 raise errors.UnknownTopicOrPartitionError(
                     f"partition {partition} of topic {topic!r} does not exist ({len(batches)} partitions)")
-        with self._lock:
+        self._acquire()
+        try:
             if partition is None:
                 partition = self._sticky[topic] if key_hash < 0 else key_hash % len(batches)
             batch = batches[partition]
@@ -219,12 +228,19 @@ class Producer:
             batch.room_bytes -= size
             records = batch.records
             records.append((_time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms, key, value, headers))
-            return _new_future(RecordFuture, (batch, len(records) - 1))
+            return RecordFuture((batch, len(records) - 1))
+        finally:
+            self._release()
 
     def _too_large(self, size: int) -> errors.MessageTooLargeError:
         return errors.MessageTooLargeError(
             f"the record is {size} bytes with its overhead, more than max_request_size "
             f"({self.max_request_size} bytes)")
+
+    def _sticky_slot(self, topic: str) -> list:
+        """Block until ``topic`` has partitions in the metadata; return its sticky slot."""
+        self._wait_on_metadata(topic)
+        return self._sticky_slots[topic]
 
     def _wait_on_metadata(self, topic: str) -> list:
         """Block until ``topic`` has partitions in the metadata; return its open-batch list."""

@@ -9,7 +9,14 @@ grouped by leader; then, outside the lock, encode each batch once
 ``max_in_flight_requests_per_connection`` per broker. Then it sleeps on the accumulator's
 condition until a batch closes, a response frees a partition, or the next deadline.
 
-Responses arrive on connection reader threads (``_on_response``). Per partition:
+Responses arrive on connection reader threads (``_on_response``). The reader whose
+response frees a partition (or a request slot of its broker) drains and sends what became
+sendable itself, under the same lock hold, instead of waking this thread: a thread that
+wakes must win the GIL back from an application thread busy in ``send``, which costs up
+to the interpreter's switch interval (5 ms), and at one batch in flight per partition that
+wait would be paid on every round trip. This thread keeps everything else: batches that
+fill or linger while their partition is free, retries after their backoff, failures,
+expiry, metadata. Per partition:
 success completes the batch (record offset = base offset + index); a retriable error
 puts the batch back at the head of its partition after ``retry_backoff_ms`` (and asks for
 fresh metadata when the error says the leader moved) unless ``retries`` or the delivery
@@ -41,6 +48,13 @@ log = logging.getLogger(__name__)
 IDLE_WAIT_S_MAX = 1.0  # the sender re-checks metadata age at least this often
 
 
+class _InlineSend(threading.local):
+    active = False  # this thread is sending batches it drained after a response
+
+
+_inline = _InlineSend()
+
+
 class Sender:
     def __init__(
         self,
@@ -63,6 +77,7 @@ class Sender:
         self.topics = topics  # the producer's current topics (a fresh set after each change)
         self.on_metadata = on_metadata
         self._in_flight_by_node: dict[int, int] = {}
+        self._wake_at_s = 0.0  # when the sleeping sender wakes by itself (0: it is awake)
         self._running = True
         self._force_close = False
         self._thread = threading.Thread(target=self._run, name="kraft-producer-sender", daemon=True)
@@ -114,9 +129,7 @@ class Sender:
             now_s = acc.clock()
             acc.close_due(now_s)
             expired = acc.expire(now_s)
-            ready, leader_unknown = acc.drain(now_s, metadata.leader_for, self._node_has_room)
-            for node in ready:
-                self._in_flight_by_node[node] = self._in_flight_by_node.get(node, 0) + 1
+            ready, leader_unknown = self._drain_locked(now_s)
             if not ready and not expired:
                 if acc.closing and not acc.incomplete:
                     return False
@@ -127,7 +140,9 @@ class Sender:
                     wait_s = due_s if wait_s is None else min(wait_s, due_s)
                 wait_s = IDLE_WAIT_S_MAX if wait_s is None else min(wait_s, IDLE_WAIT_S_MAX)
                 if wait_s > 0:
+                    self._wake_at_s = now_s + wait_s
                     acc.sender_wakeup.wait(wait_s)
+                    self._wake_at_s = 0.0
                 return True
         if leader_unknown:
             metadata.request_update()
@@ -140,8 +155,28 @@ class Sender:
             self._send_produce(node, batches)
         return True
 
+    def _drain_locked(self, now_s: float) -> tuple[dict[int, list[ProducerBatch]], bool]:
+        """Take the sendable batches and count their requests in flight (lock held)."""
+        ready, leader_unknown = self.acc.drain(now_s, self.client.metadata.leader_for, self._node_has_room)
+        for node in ready:
+            self._in_flight_by_node[node] = self._in_flight_by_node.get(node, 0) + 1
+        return ready, leader_unknown
+
     def _node_has_room(self, node: int) -> bool:
         return self._in_flight_by_node.get(node, 0) < self.max_in_flight
+
+    def _send_drained(self, ready: dict[int, list[ProducerBatch]]) -> None:
+        """Send what a reader thread drained; a batch that cannot even be encoded fails
+        instead of staying in flight for ever."""
+        for node, batches in ready.items():
+            try:
+                self._send_produce(node, batches)
+            except Exception as exc:
+                log.exception("sending %d batch(es) to node %d failed", len(batches), node)
+                with self.acc.lock:
+                    self._in_flight_by_node[node] -= 1
+                for batch in batches:
+                    self._fail(batch, errors.KafkaError(f"the batch could not be sent: {exc}"))
 
     # -- requests -----------------------------------------------------------------------
 
@@ -202,15 +237,34 @@ class Sender:
             batch.complete(base_offset, append_time)
         for batch, error in failed:
             batch.complete(-1, -1, error)
-        with self.acc.lock:
+        # Only a response sends inline: a failure may be reported by a thread that holds a
+        # connection lock (a write that failed), and a retry waits for its backoff anyway.
+        inline = future.error is None and not _inline.active and threading.current_thread() is not self._thread
+        ready: dict[int, list[ProducerBatch]] = {}
+        acc = self.acc
+        with acc.lock:
             self._in_flight_by_node[node] -= 1
             for batch in retry:
-                self.acc.requeue(batch, now_s)
+                acc.requeue(batch, now_s)
             for batch, _, _ in done:
-                self.acc.release(batch)
+                acc.release(batch)
             for batch, _ in failed:
-                self.acc.release(batch)
-            self.acc.sender_wakeup.notify()
+                acc.release(batch)
+            if inline and not self._force_close and not acc.closing:
+                now_s = acc.clock()
+                acc.close_due(now_s)
+                ready, leader_unknown = self._drain_locked(now_s)
+                wake_s = acc.next_wake_s(now_s)  # e.g. a young batch of a partition freed just now
+                if leader_unknown or retry or (wake_s is not None and now_s + wake_s < self._wake_at_s):
+                    acc.sender_wakeup.notify()
+            else:
+                acc.sender_wakeup.notify()
+        if ready:
+            _inline.active = True  # a send that fails at once completes here: no recursion
+            try:
+                self._send_drained(ready)
+            finally:
+                _inline.active = False
 
     def _classify(self, batch: ProducerBatch, error: BaseException, now_s: float,
                   retry: list[ProducerBatch], failed: list[tuple[ProducerBatch, BaseException]]) -> None:

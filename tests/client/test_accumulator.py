@@ -184,3 +184,100 @@ def test_append_after_close_is_refused() -> None:
         acc.closing = True
     with pytest.raises(errors.IllegalStateError):
         append(acc, partition=0)
+
+
+def _check_sticky_slot(acc: RecordAccumulator) -> None:
+    for topic, slot in acc.sticky_slots.items():
+        assert slot[0] is acc.open[topic][acc.sticky.current[topic]], "the sticky slot lags the accumulator"
+
+
+def test_a_lingered_batch_keeps_filling_while_its_partition_has_a_batch_in_flight() -> None:
+    acc, clock = make(batch_size=100 * RECORD, linger_ms=5)
+    append(acc, partition=0)
+    clock.now_s += 0.01
+    (first,), = drain(acc, clock.now_s)[0].values()
+    for _ in range(3):
+        append(acc, partition=0)
+    clock.now_s += 0.01  # lingered, but partition 0 is muted: the batch stays open
+    assert drain(acc, clock.now_s)[0] == {}
+    assert acc.open["t"][0] is not None and not acc.ready.get(("t", 0))
+    with acc.lock:
+        assert acc.next_wake_s(clock.now_s) is None, "only the response may wake the sender for it"
+    for _ in range(4):
+        append(acc, partition=0)
+    first.complete(0)
+    with acc.lock:
+        acc.release(first)
+    (second,), = drain(acc, clock.now_s)[0].values()
+    assert len(second.records) == 7, "records that came while the first batch was in flight share one batch"
+
+
+def test_a_full_batch_still_queues_behind_the_one_in_flight() -> None:
+    acc, clock = make(batch_size=2 * RECORD, linger_ms=0)
+    for _ in range(2):
+        append(acc, partition=0)
+    (first,), = drain(acc, clock.now_s)[0].values()
+    futures = [append(acc, partition=0) for _ in range(5)]
+    assert [len(b.records) for b in acc.ready[("t", 0)]] == [2, 2]
+    assert drain(acc, clock.now_s)[0] == {}
+    with acc.lock:
+        acc.release(first)
+    (second,), = drain(acc, clock.now_s)[0].values()
+    assert second is futures[0][0], "batches leave in the order they were filled"
+
+
+def test_unkeyed_records_leave_a_sticky_partition_that_cannot_send() -> None:
+    acc, clock = make(batch_size=100 * RECORD, linger_ms=5)
+    append(acc, partition=0)
+    clock.now_s += 0.01
+    drain(acc, clock.now_s)  # partition 0 has a batch in flight
+    with acc.lock:
+        acc.sticky.current["t"] = 0  # unkeyed records stick to the busy partition
+        acc._sync_sticky("t")
+    waiting = append(acc)[0]
+    assert waiting.partition == 0
+    clock.now_s += 0.01
+    assert drain(acc, clock.now_s)[0] == {}
+    assert acc.open["t"][0] is waiting, "the lingered batch is kept for when the partition frees up"
+    moved = append(acc)[0]
+    assert moved.partition != 0, "unkeyed records move to a partition that can send"
+    _check_sticky_slot(acc)
+    ready, _ = drain(acc, clock.now_s + 0.01)
+    assert [b.partition for b in ready[1]] == [moved.partition]
+
+
+def test_flush_closes_lingered_batches_of_busy_partitions_too() -> None:
+    acc, clock = make(linger_ms=5)
+    append(acc, partition=0)
+    clock.now_s += 0.01
+    drain(acc, clock.now_s)
+    append(acc, partition=0)
+    with acc.lock:
+        acc.flushing += 1
+        acc.close_due(clock.now_s)
+    assert acc.open["t"][0] is None and len(acc.ready[("t", 0)]) == 1
+
+
+def test_the_sticky_slot_follows_every_change() -> None:
+    acc, clock = make(batch_size=3 * RECORD, linger_ms=2)
+    rng = random.Random(11)
+    in_flight = []
+    for _ in range(400):
+        action = rng.randrange(5)
+        if action <= 1:
+            append(acc)
+        elif action == 2:
+            append(acc, partition=rng.randrange(3))
+        elif action == 3:
+            clock.now_s += 0.001 * rng.randrange(4)
+            ready, _ = drain(acc, clock.now_s)
+            in_flight.extend(b for bs in ready.values() for b in bs)
+        elif in_flight:
+            batch = in_flight.pop(rng.randrange(len(in_flight)))
+            batch.complete(0)
+            with acc.lock:
+                acc.release(batch)
+        _check_sticky_slot(acc)
+    with acc.lock:
+        acc.take_all_unsent()
+    _check_sticky_slot(acc)

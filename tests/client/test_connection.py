@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import socket
 import threading
 
 import pytest
@@ -127,3 +129,62 @@ def test_bootstrap_parsing() -> None:
         parse_bootstrap("nohost")
     with pytest.raises(errors.ConfigError):
         parse_bootstrap("")
+
+
+def test_responses_split_and_merged_anyhow_on_the_wire_arrive_whole_and_in_order() -> None:
+    """The reader buffers: frames that share a recv, frames cut anywhere (the size prefix
+    too) and a frame larger than the read buffer all come out whole."""
+    from cluster.client.connection import READ_BUFFER_BYTES
+    from cluster.launcher import recv_exactly
+
+    sizes = [10, 3, READ_BUFFER_BYTES + 12_345, 0, 70_000, READ_BUFFER_BYTES - 20] + [5] * 200
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:
+        peer, _ = listener.accept()
+        with peer:
+            frames = []
+            for size in sizes:
+                prefix = recv_exactly(peer, framing.SIZE_BYTES)
+                header, _ = framing.decode_request(recv_exactly(peer, framing.check_frame_size(prefix, 1 << 30)))
+                frames.append(framing.encode_response(header.correlation_id, {"blob": b"x" * size}))
+            wire = b"".join(frames)
+            chunks = itertools.cycle([1, 3, 7, 1000, 65_536, 300_000, 2])
+            pos = 0
+            while pos < len(wire):
+                step = next(chunks)
+                peer.sendall(wire[pos:pos + step])
+                pos += step
+            peer.recv(1)  # hold the connection until the client closes it
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    conn = BrokerConnection("127.0.0.1", listener.getsockname()[1], client_id="t")
+    try:
+        futures = [conn.send(ApiKey.METADATA, {"n": i}) for i in range(len(sizes))]
+        assert [len(f.result(30)["blob"]) for f in futures] == sizes
+    finally:
+        conn.close()
+        listener.close()
+        server.join(timeout=10)
+
+
+def test_a_failure_callback_may_send_on_the_same_connection() -> None:
+    """Futures fail after the connection's lock is let go: a callback that sends again (the
+    producer's sender does) reconnects instead of deadlocking the reader thread."""
+    broker = FakeBroker(lambda h, b: HOLD if b.get("hold") else echo(h, b))
+    conn = BrokerConnection("127.0.0.1", broker.port, client_id="t")
+    resent: list = []
+    try:
+        held = conn.send(ApiKey.METADATA, {"hold": True})
+        held.add_callback(lambda f: resent.append(conn.send(ApiKey.METADATA, {"again": True})))
+        wait_until(lambda: len(broker.requests) == 1, 10, message="the request at the broker")
+        broker.drop_connections()
+        wait_until(lambda: resent, 10, message="the callback's send to return")
+        assert isinstance(held.error, errors.NetworkExceptionError)
+        assert resent[0].result(10)["echo"] == {"again": True}
+    finally:
+        conn.close()
+        broker.close()

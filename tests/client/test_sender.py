@@ -145,3 +145,60 @@ def test_close_with_a_timeout_fails_what_cannot_be_delivered() -> None:
             future.get(timeout=10)
     finally:
         cluster.broker.close()
+
+
+class _StubMetadata:
+    def leader_for(self, topic: str, partition: int) -> int:
+        return 1
+
+    def request_update(self) -> None:
+        pass
+
+    def refresh_due_in_ms(self, now_ms: float) -> float:
+        return 1e9
+
+
+class _StubClient:
+    """Records Produce requests; the test completes their futures from its own threads."""
+
+    def __init__(self) -> None:
+        self.metadata = _StubMetadata()
+        self.requests: list[tuple[dict, Any]] = []
+
+    def maybe_refresh_metadata(self, topics: Any) -> bool:
+        return False
+
+    def send(self, node: int, api_key: int, body: dict, expect_response: bool = True) -> Any:
+        from cluster.client.connection import ResponseFuture
+        future = ResponseFuture()
+        self.requests.append((body, future))
+        return future
+
+
+def test_the_thread_that_reads_a_response_sends_what_it_freed() -> None:
+    """A response frees its partition and the reader sends the next batch at once, without
+    waking the sender thread (whose wake-up would wait for the GIL)."""
+    from cluster.client.accumulator import RecordAccumulator
+    from cluster.client.sender import Sender
+
+    acc = RecordAccumulator(batch_size=100, linger_ms=0, buffer_memory=1 << 20, delivery_timeout_ms=60_000,
+                            retry_backoff_ms=10)
+    acc.set_partition_count("t", 1)
+    client = _StubClient()
+    sender = Sender(client, acc, acks=1, retries=3, request_timeout_ms=30_000, max_in_flight=5,  # type: ignore[arg-type]
+                    topics=lambda: {"t"})
+    futures = [acc.append("t", 0, None, (0, None, b"v%d" % i, None), 60, 1.0) for i in range(3)]
+    assert sender._run_once()  # the sender thread is never started: this thread plays it once
+    assert len(client.requests) == 1, "one batch per partition in flight"
+
+    for i in range(3):
+        body, future = client.requests[i]
+        reply = {"topics": [{"name": "t", "partitions": [
+            {"index": 0, "error_code": 0, "base_offset": i, "log_append_time_ms": -1}]}]}
+        reader = threading.Thread(target=future.success, args=(reply,))
+        reader.start()
+        reader.join(timeout=10)
+        assert futures[i].get(timeout=1).offset == i
+        assert len(client.requests) == min(i + 2, 3), "the reader sent the next batch itself"
+    assert [decode_batch(split_batches(b["topics"][0]["partitions"][0]["records"])[0])[0].value
+            for b, _ in client.requests] == [b"v0", b"v1", b"v2"]
