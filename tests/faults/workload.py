@@ -163,7 +163,30 @@ def error_name(error: BaseException) -> str:
     return getattr(error, "name", None) or type(error).__name__
 
 
-class ProducerWorker:
+class _Worker:
+    """A background thread of the run (its ``_run``), stopped by ``stop`` and ``join``; an
+    exception that ends it is kept in ``error``."""
+
+    def __init__(self, process: str) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"faults-{process}", daemon=True)
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout_s: float) -> bool:
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+
+class ProducerWorker(_Worker):
     def __init__(self, process: str, bootstrap: str, topic: str, partitions: int, values: ValueSource,
                  history: History, rate_per_s: float, pending_max: int = PENDING_MAX) -> None:
         self.process = process
@@ -176,19 +199,7 @@ class ProducerWorker:
         self.pending_max = pending_max
         self._pending: set[int] = set()
         self._lock = threading.Condition()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"faults-{process}", daemon=True)
-        self.error: BaseException | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout_s: float) -> bool:
-        self._thread.join(timeout_s)
-        return not self._thread.is_alive()
+        super().__init__(process)
 
     def _complete(self, value: int, partition: int, kind: str, **fields: Any) -> None:
         with self._lock:
@@ -252,7 +263,7 @@ class ProducerWorker:
         self._complete(value, partition, classify_send_error(error), error=error_name(error))
 
 
-class ConsumerWorker:
+class ConsumerWorker(_Worker):
     """A plain consumer (``assign``, no group) that reads every partition."""
 
     def __init__(self, process: str, bootstrap: str, topic: str, partitions: int, history: History,
@@ -265,19 +276,7 @@ class ConsumerWorker:
         self.reassign_s = reassign_s
         self.positions = {p: 0 for p in range(partitions)}
         self.assignment = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"faults-{process}", daemon=True)
-        self.error: BaseException | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout_s: float) -> bool:
-        self._thread.join(timeout_s)
-        return not self._thread.is_alive()
+        super().__init__(process)
 
     def _run(self) -> None:
         try:
@@ -353,7 +352,7 @@ def _member_id(consumer: Consumer) -> str | None:
     return getattr(getattr(membership, "state", None), "member_id", None) or None
 
 
-class GroupMemberWorker:
+class GroupMemberWorker(_Worker):
     """One member of the consumer group: subscribe, poll, commit after each poll."""
 
     def __init__(self, process: str, bootstrap: str, topic: str, history: History, *,
@@ -371,19 +370,7 @@ class GroupMemberWorker:
         self._consumer: Consumer | None = None
         self._closing = False
         self._poll_since = -1  # index of the last history event before the current poll
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"faults-{process}", daemon=True)
-        self.error: BaseException | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout_s: float) -> bool:
-        self._thread.join(timeout_s)
-        return not self._thread.is_alive()
+        super().__init__(process)
 
     def _run(self) -> None:
         try:
@@ -544,7 +531,7 @@ def commit_initial_offsets(bootstrap: str, topic: str, partitions: int, history:
             return
 
 
-class CommittedOffsetsProber:
+class CommittedOffsetsProber(_Worker):
     """Fetches the group's committed offsets every ``COMMITTED_PROBE_INTERVAL_S``."""
 
     def __init__(self, process: str, bootstrap: str, topic: str, partitions: int, history: History,
@@ -555,19 +542,7 @@ class CommittedOffsetsProber:
         self.partitions = partitions
         self.history = history
         self.group_id = group_id
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"faults-{process}", daemon=True)
-        self.error: BaseException | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout_s: float) -> bool:
-        self._thread.join(timeout_s)
-        return not self._thread.is_alive()
+        super().__init__(process)
 
     def _run(self) -> None:
         try:
@@ -580,7 +555,7 @@ class CommittedOffsetsProber:
             self.error = exc
 
 
-class HighWatermarkProber:
+class HighWatermarkProber(_Worker):
     """Asks one node, over raw frames, for the high watermark of every partition it leads."""
 
     def __init__(self, node: FaultNode, topic: str, partitions: int, history: History) -> None:
@@ -589,20 +564,9 @@ class HighWatermarkProber:
         self.partitions = partitions
         self.history = history
         self.process = f"hw-{node.node_id}"
-        self._stop = threading.Event()
         self._sock: socket.socket | None = None
         self._correlation_id = 0
-        self._thread = threading.Thread(target=self._run, name=f"faults-{self.process}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout_s: float) -> bool:
-        self._thread.join(timeout_s)
-        return not self._thread.is_alive()
+        super().__init__(self.process)
 
     def _run(self) -> None:
         while not self._stop.wait(HW_PROBE_INTERVAL_S):
