@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable, Sequence, TypeVar
+from typing import Awaitable, Callable, Sequence, TypeVar
 
 from cluster.config import NodeConfig
 from cluster.metadata_follower import RemoteMetadataLog
@@ -57,6 +57,34 @@ Decision = Callable[[MetadataImage], tuple[Sequence[MetadataRecord], T]]
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+async def cancel_and_wait(task: asyncio.Task | None) -> None:
+    """Cancel ``task`` (if any) and return once it has finished."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+
+async def tick_forever(interval_ms: int, tick: Callable[[int], Awaitable[None]],
+                       lost_controller: Callable[[], None], what: str) -> None:
+    """Call ``tick(now_ms())`` every ``interval_ms`` until cancelled. A tick that finds this
+    node no longer the active controller calls ``lost_controller``; any other failure is
+    logged as "``what`` failed" and the next tick runs as usual."""
+    while True:
+        await asyncio.sleep(interval_ms / 1000)
+        try:
+            await tick(now_ms())
+        except NotControllerError:
+            lost_controller()
+        except MetadataLogError as exc:
+            logger.warning("%s failed: %s", what, exc)
+        except Exception:
+            logger.exception("%s failed", what)
 
 
 class ControllerService:
@@ -152,28 +180,17 @@ class ControllerService:
     def start(self) -> None:
         """Start the active-controller timers (multi-node voters only)."""
         if self.raft is not None and self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"controller-{self.node_id}")
+            self._task = asyncio.create_task(
+                tick_forever(CONTROLLER_TICK_MS, self.tick, self._stop_acting,
+                             f"node {self.node_id} controller tick"),
+                name=f"controller-{self.node_id}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(CONTROLLER_TICK_MS / 1000)
-            try:
-                await self.tick(now_ms())
-            except NotControllerError:
-                self._acting = False
-            except MetadataLogError as exc:
-                logger.warning("node %d controller tick failed: %s", self.node_id, exc)
-            except Exception:
-                logger.exception("node %d controller tick failed", self.node_id)
+    def _stop_acting(self) -> None:
+        self._acting = False
 
     async def tick(self, tick_ms: int) -> None:
         """One round of the active controller's duties (nothing when not active)."""

@@ -38,13 +38,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
 import uuid
 from typing import Any, Callable, Sequence
 
 from cluster.config import NodeConfig
 from kraft.raft_log import RaftMetadataLog
-from cluster.controller_service import ControllerService
+from cluster.controller_service import ControllerService, cancel_and_wait, now_ms, tick_forever
 from cluster.group_coordinator import (
     CoordinatorConfig,
     Decision,
@@ -73,10 +72,6 @@ NO_NODE_ID = -1
 NO_PORT = -1
 
 Body = dict[str, Any]
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _records_of(decision: Decision) -> tuple[list[MetadataRecord], Decision]:
@@ -220,28 +215,17 @@ class GroupService:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"groups-{self.node_id}")
+            self._task = asyncio.create_task(
+                tick_forever(GROUP_TICK_MS, self.tick, self._stop_acting,
+                             f"node {self.node_id} group session check"),
+                name=f"groups-{self.node_id}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(GROUP_TICK_MS / 1000)
-            try:
-                await self.tick(now_ms())
-            except NotControllerError:
-                self._acting = False
-            except MetadataLogError as exc:
-                logger.warning("node %d group session check failed: %s", self.node_id, exc)
-            except Exception:
-                logger.exception("node %d group session check failed", self.node_id)
+    def _stop_acting(self) -> None:
+        self._acting = False
 
     async def tick(self, tick_ms: int) -> None:
         """Expire members whose session or revocation time ran out (coordinator only)."""

@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Mapping
 
 from cluster.config import NodeConfig, load_config
-from cluster.controller_service import ControllerService
+from cluster.controller_service import ControllerService, cancel_and_wait
 from cluster.group_service import GroupService
 from cluster.handlers import RequestHandlers
 from cluster.metadata_follower import RemoteMetadataConfig, RemoteMetadataLog
@@ -433,18 +433,8 @@ class Node:
         node_id = self.config.node_id
         logger.info("node %d stopping", node_id)
         self._stopping = True
-        if self._lifecycle_task is not None:
-            self._lifecycle_task.cancel()
-            try:
-                await self._lifecycle_task
-            except asyncio.CancelledError:
-                pass
-        if self._isr_task is not None:
-            self._isr_task.cancel()
-            try:
-                await self._isr_task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._lifecycle_task)
+        await cancel_and_wait(self._isr_task)
         if self.controller is not None:
             await self.controller.stop()
         if self.groups is not None:
@@ -460,12 +450,7 @@ class Node:
             self.partitions.wake_all()
         if self.server is not None:
             await self.server.stop(SHUTDOWN_GRACE_S)
-        if self._retention_task is not None:
-            self._retention_task.cancel()
-            try:
-                await self._retention_task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._retention_task)
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
         if self.metadata is not None:
