@@ -102,6 +102,17 @@ def cluster_formed(host: str, port: int, broker_ids: list[int]) -> bool:
     return live >= set(broker_ids)
 
 
+def peak_rss_bytes_of(pid: int) -> int | None:
+    """The peak resident set size (VmHWM) of process ``pid`` on Linux, or None."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 class NodeProcess:
     """One node process with its own config file, data dir and log file."""
 
@@ -182,13 +193,7 @@ class NodeProcess:
         if not self.running:
             return None
         assert self.process is not None
-        try:
-            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            return None
-        return None
+        return peak_rss_bytes_of(self.process.pid)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.nodes import free_port_block
-from cluster.launcher import wait_until
+from cluster.launcher import peak_rss_bytes_of, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +125,7 @@ class NatsServer:
     def peak_rss_bytes(self) -> int | None:
         if self.process is None or self.process.poll() is not None:
             return None
-        try:
-            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            return None
-        return None
+        return peak_rss_bytes_of(self.process.pid)
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU time the process has used so far (Linux), or None."""
