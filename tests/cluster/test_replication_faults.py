@@ -145,6 +145,26 @@ def check_replicas_identical(cluster: LocalCluster, read: dict[int, list[tuple[i
             assert stored == read[p], f"node {node_id} partition {p} differs below the high watermark {end}"
 
 
+def produce_to_partition_0(producer: Producer, topic: str, prefix: bytes, acks: AckLog, sent: list[int],
+                           stop: threading.Event, pace_s: float) -> threading.Thread:
+    """A started thread sending unique values ``prefix-NNNNNN`` to partition 0, one every
+    ``pace_s``, until ``stop`` (at most ZOMBIE_VALUES_MAX); ``sent[0]`` counts them."""
+
+    def produce() -> None:
+        for i in range(ZOMBIE_VALUES_MAX):
+            if stop.is_set():
+                return
+            value = b"%s-%06d" % (prefix, i)
+            producer.send(topic, value=value, partition=0) \
+                .add_callback(acks.on_ack, value).add_errback(acks.on_error, value)
+            sent[0] = i + 1
+            stop.wait(pace_s)
+
+    thread = threading.Thread(target=produce, name=f"{prefix.decode()}-producer", daemon=True)
+    thread.start()
+    return thread
+
+
 @pytest.mark.timeout(180)
 def test_zombie_leader_loses_no_acknowledged_write_and_rejoins(cluster_factory) -> None:
     topic = "zombie"
@@ -158,19 +178,7 @@ def test_zombie_leader_loses_no_acknowledged_write_and_rejoins(cluster_factory) 
 
     with Producer(bootstrap_servers=cluster.bootstrap, acks="all", request_timeout_ms=10000,
                   delivery_timeout_ms=60000) as producer:
-
-        def produce() -> None:
-            for i in range(ZOMBIE_VALUES_MAX):
-                if stop_producing.is_set():
-                    return
-                value = b"zombie-%06d" % i
-                producer.send(topic, value=value, partition=0) \
-                    .add_callback(acks.on_ack, value).add_errback(acks.on_error, value)
-                sent[0] = i + 1
-                stop_producing.wait(ZOMBIE_PACE_S)
-
-        thread = threading.Thread(target=produce, name="zombie-producer", daemon=True)
-        thread.start()
+        thread = produce_to_partition_0(producer, topic, b"zombie", acks, sent, stop_producing, ZOMBIE_PACE_S)
         try:
             wait_until(lambda: acks.count() >= 500, 30, message="acknowledgements before the stop")
             zombie_client = cluster.client(victim)
@@ -250,19 +258,7 @@ def test_a_producer_moves_off_a_stopped_leader(cluster_factory) -> None:
     sent = [0]
     with Producer(bootstrap_servers=cluster.bootstrap, acks="all", request_timeout_ms=MOVE_REQUEST_TIMEOUT_MS,
                   delivery_timeout_ms=120000) as producer:
-
-        def produce() -> None:
-            for i in range(ZOMBIE_VALUES_MAX):
-                if stop_producing.is_set():
-                    return
-                value = b"moves-%06d" % i
-                producer.send(topic, value=value, partition=0) \
-                    .add_callback(acks.on_ack, value).add_errback(acks.on_error, value)
-                sent[0] = i + 1
-                stop_producing.wait(ZOMBIE_PACE_S * 5)
-
-        thread = threading.Thread(target=produce, name="moving-producer", daemon=True)
-        thread.start()
+        thread = produce_to_partition_0(producer, topic, b"moves", acks, sent, stop_producing, ZOMBIE_PACE_S * 5)
         try:
             wait_until(lambda: acks.count() >= 200, 30, message="acknowledgements before the stop")
             cluster.nodes[victim].signal(signal.SIGSTOP)
