@@ -571,3 +571,43 @@ def test_commit_without_a_group_is_a_clear_error_and_assign_commits_as_a_non_mem
         assert consumer.committed(A0) == 3
     assert cluster.commits[0]["member_id"] == "" and cluster.commits[0]["member_epoch"] == -1
     assert not cluster.heartbeats, "assign() makes no group membership"
+
+
+# -- a regression found by the group demonstrations (tests/cluster/test_groups_cluster.py) ---
+
+HEARTBEAT_ANSWER_DELAY_S = 0.3  # the scripted coordinator's answer that carries the new epoch is this late
+
+
+@pytest.mark.timeout(30)
+def test_a_commit_refused_as_stale_waits_for_the_new_epoch_instead_of_failing() -> None:
+    """The coordinator moves a member to a new epoch in answer to its heartbeat; a commit the
+    member sends before that answer arrives is refused with STALE_MEMBER_EPOCH. The member is
+    not fenced: ``commit()`` must send again with the new epoch (it raised CommitFailedError,
+    seen once in a few runs of the coordinator failover test in tests/cluster/test_groups_cluster.py)."""
+    cluster = FakeCluster()
+    original = cluster.handle
+
+    def moved_on_before_the_answer(header: Any, body: Any) -> Any:
+        if header.api_key == ApiKey.OFFSET_COMMIT:
+            with cluster.lock:
+                if body["member_epoch"] < 2:
+                    cluster.commits.append(body)
+                    cluster.epoch = 2  # the coordinator's next answers carry epoch 2
+                    return {"topics": [{"name": t["name"], "partitions": [
+                        {"index": p["index"], "error_code": errors.STALE_MEMBER_EPOCH, "error_message": None}
+                        for p in t["partitions"]]} for t in body["topics"]]}
+        if header.api_key == ApiKey.CONSUMER_GROUP_HEARTBEAT and cluster.epoch >= 2:
+            time.sleep(HEARTBEAT_ANSWER_DELAY_S)  # the answer with the new epoch is on its way
+        return original(header, body)
+
+    cluster.broker.handler = moved_on_before_the_answer
+    cluster.assignment = frozenset({A0})
+    consumer = group_consumer(cluster, Recorder(), enable_auto_commit=False)
+    try:
+        poll_until(consumer, lambda got: len(got.get(A0, [])) == 10)
+        consumer.commit()
+        assert [c["member_epoch"] for c in cluster.commits] == [1, 2], "refused at epoch 1, sent again at 2"
+        assert cluster.committed[A0] == 10
+    finally:
+        consumer.close()
+        cluster.broker.close()
