@@ -16,21 +16,26 @@ unkeyed fast path finds its batch with one dict lookup.
 
 A batch closes when the next record would push its estimated size past ``batch_size``
 (``append`` starts a new one; a record larger than ``batch_size`` gets a batch of its own),
-when it is ``linger_ms`` old and its partition can send it at once (no batch of the
-partition in flight or queued), or at once while a flush or close is in progress
-(``close_due``). A lingered batch whose partition is busy stays open and keeps filling:
-closing it would queue one small batch per linger behind the one in flight, and once a
-round trip outlasted the linger that queue would only grow (every record waiting behind
-it). Closing the sticky partition's batch, or finding it lingered on a busy partition,
+when it is ``linger_ms`` old and its partition is not *busy* (no request of the
+partition in flight), or at once while a flush or close is in progress (``close_due``). A
+lingered batch whose partition is busy stays open and keeps filling until the response
+frees the partition, so a partition's records ride in few large batches however long its
+round trips take. (Without ``request_bytes_max`` a partition with batches queued is busy
+too: each request then carries one batch, and closing a lingered batch behind a queue
+would cap the partition at one small batch per round trip.) Closing the sticky partition's batch, or finding it lingered on a busy partition,
 moves the topic's unkeyed records to another partition (one that can send, if any).
 
 The sender (``drain``) takes the head batch of each ready partition whose leader is known
-and whose leader has room for another request in flight, and *mutes* the partition until
-the batch's response arrives (``requeue`` or ``finish``). At most one batch per partition
-is ever in flight, so a retried batch can never be overtaken by a later one of the same
-partition: per-partition order holds across retries, with several requests in flight to
-one broker as long as they carry different partitions. (acks=0 batches are not muted:
-they get no response and are never retried.)
+and whose leader has room for another request in flight, together with the batches queued
+behind it as long as they fit in ``request_bytes_max`` (the producer's
+``max_request_size``), and *mutes* the partition until the response arrives (``requeue``
+or ``release``). One request at a time per partition, so a retried batch can never be
+overtaken by a later one of the same partition: per-partition order holds across retries,
+with several requests in flight to one broker as long as they carry different partitions.
+Sending the queued batches of a partition together (the node appends them in order, at
+consecutive offsets) is what keeps a busy partition moving more than one batch per round
+trip without giving up that order. (acks=0 batches are not muted: they get no response
+and are never retried.)
 
 Memory: ``buffered_bytes`` counts the estimated bytes of every closed, incomplete batch
 (open batches add at most ``batch_size`` per partition); when opening a batch would pass
@@ -73,10 +78,12 @@ class RecordAccumulator:
         delivery_timeout_ms: float,
         retry_backoff_ms: float,
         mute_in_flight: bool = True,
+        request_bytes_max: int = 0,
         clock: Callable[[], float] = time.monotonic,
         sticky: StickyPartitions | None = None,
     ) -> None:
         self.batch_size = batch_size
+        self.request_bytes_max = request_bytes_max  # 0: one batch per partition per request
         self.linger_s = linger_ms / 1000
         self.buffer_memory = buffer_memory
         self.delivery_timeout_s = delivery_timeout_ms / 1000
@@ -212,27 +219,26 @@ class RecordAccumulator:
         """Close open batches that lingered long enough and can be sent now (all of them
         while flushing/closing).
 
-        A lingered batch whose partition cannot take it yet (a batch in flight, or older
-        batches queued) stays open and keeps filling until it is full or the partition
-        frees up: many small batches queued behind one in flight would cap the partition
-        at one small batch per round trip, and the queue would grow for good once the
-        round trip outlasted the linger. If it is the sticky partition, unkeyed records
-        move to another one meanwhile.
+        A lingered batch whose partition is busy (``_busy``) stays open and keeps filling
+        until it is full or the partition frees up. If it is the sticky partition, unkeyed
+        records move to another one meanwhile.
         """
         force = self.flushing > 0 or self.closing
         deadline = now_s - self.linger_s
-        muted = self.muted
-        ready = self.ready
         for topic, batches in self.open.items():
             for batch in batches:
                 if batch is None or not (force or batch.created_s <= deadline):
                     continue
-                key = (topic, batch.partition)
-                if not force and (key in muted or ready.get(key)):
+                if not force and self._busy((topic, batch.partition)):
                     if self._sticky_current.get(topic) == batch.partition:
                         self._move_sticky(topic, batch.partition, len(batches))
                     continue
                 self._close(batch)
+
+    def _busy(self, key: TopicPartitionKey) -> bool:
+        """The partition cannot take a lingered batch in its next request: it has one in
+        flight, or (one batch per request) batches queued before it."""
+        return key in self.muted or (not self.request_bytes_max and bool(self.ready.get(key)))
 
     def _move_sticky(self, topic: str, busy_partition: int, num_partitions: int) -> None:
         """Move the topic's unkeyed records off ``busy_partition``, to a partition that can
@@ -250,7 +256,9 @@ class RecordAccumulator:
 
     def drain(self, now_s: float, leader_for: Callable[[str, int], int],
               node_has_room: Callable[[int], bool]) -> tuple[dict[int, list[ProducerBatch]], bool]:
-        """Take the sendable head batches, grouped by leader; also say if a leader was unknown."""
+        """Take the sendable batches, grouped by leader (a partition's in queue order, the
+        head and what fits behind it in ``request_bytes_max``); also say if a leader was
+        unknown."""
         out: dict[int, list[ProducerBatch]] = {}
         leader_unknown = False
         full_nodes: set[int] = set()
@@ -272,7 +280,12 @@ class RecordAccumulator:
             queue.popleft()
             if self.mute_in_flight:
                 self.muted.add(key)
-            out.setdefault(leader, []).append(head)
+            taken = out.setdefault(leader, [])
+            taken.append(head)
+            room = self.request_bytes_max - head.size_bytes
+            while queue and queue[0].size_bytes <= room and queue[0].retry_at_s <= now_s:
+                room -= queue[0].size_bytes
+                taken.append(queue.popleft())
         return out, leader_unknown
 
     def expire(self, now_s: float) -> list[ProducerBatch]:
@@ -291,8 +304,7 @@ class RecordAccumulator:
             for topic, batches in self.open.items():
                 for batch in batches:
                     if batch is not None:
-                        key = (topic, batch.partition)
-                        if key in self.muted or self.ready.get(key):
+                        if self._busy((topic, batch.partition)):
                             continue  # its partition's response or queue wakes the sender
                         t = batch.created_s + self.linger_s
                         wake = t if wake is None or t < wake else wake

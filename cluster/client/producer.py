@@ -134,7 +134,7 @@ class Producer:
         self._accumulator = RecordAccumulator(
             batch_size=min(batch_size, self._record_bytes_max), linger_ms=linger_ms, buffer_memory=buffer_memory,
             delivery_timeout_ms=delivery_timeout_ms, retry_backoff_ms=retry_backoff_ms,
-            mute_in_flight=self.acks != ACKS_NONE)
+            mute_in_flight=self.acks != ACKS_NONE, request_bytes_max=self._record_bytes_max)
         self._topics: set[str] = set()
         # The accumulator's state that send() touches, bound once.
         self._lock = self._accumulator.lock

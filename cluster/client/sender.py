@@ -16,11 +16,16 @@ wakes must win the GIL back from an application thread busy in ``send``, which c
 to the interpreter's switch interval (5 ms), and at one batch in flight per partition that
 wait would be paid on every round trip. This thread keeps everything else: batches that
 fill or linger while their partition is free, retries after their backoff, failures,
-expiry, metadata. Per partition:
-success completes the batch (record offset = base offset + index); a retriable error
-puts the batch back at the head of its partition after ``retry_backoff_ms`` (and asks for
-fresh metadata when the error says the leader moved) unless ``retries`` or the delivery
-timeout are used up; any other error fails the batch. A lost connection fails the
+expiry, metadata.
+
+A request carries, per partition, the batches ``drain`` took for it, encoded once each and
+concatenated in queue order into the partition's record set; the node appends them in that
+order at consecutive offsets and answers with the first one's base offset, so batch k
+starts at that offset plus the records of the batches before it. Per partition:
+success completes its batches (record offset = batch base offset + index); a retriable
+error puts them back, in order, at the head of their partition after ``retry_backoff_ms``
+(and asks for fresh metadata when the error says the leader moved) unless ``retries`` or
+the delivery timeout are used up; any other error fails them. A lost connection fails the
 request with NETWORK_EXCEPTION, which is retriable: the batch is sent again, so a batch
 the node had written before the connection broke can be written twice (at-least-once; the
 idempotent producer will remove this). Order within a partition holds because the
@@ -181,12 +186,16 @@ class Sender:
     # -- requests -----------------------------------------------------------------------
 
     def _send_produce(self, node: int, batches: list[ProducerBatch]) -> None:
-        topics: dict[str, list[dict[str, Any]]] = {}
+        record_sets: dict[tuple[str, int], list[bytes]] = {}
         for batch in batches:
             if batch.encoded is None:
                 batch.encoded = encode_batch(batch.records)
             batch.attempts += 1
-            topics.setdefault(batch.topic, []).append({"index": batch.partition, "records": batch.encoded})
+            record_sets.setdefault((batch.topic, batch.partition), []).append(batch.encoded)
+        topics: dict[str, list[dict[str, Any]]] = {}
+        for (topic, partition), encoded in record_sets.items():
+            records = encoded[0] if len(encoded) == 1 else b"".join(encoded)
+            topics.setdefault(topic, []).append({"index": partition, "records": records})
         body = {
             "acks": self.acks,
             "timeout_ms": self.request_timeout_ms,
@@ -216,8 +225,10 @@ class Sender:
                 for p in topic.get("partitions", ()):
                     results[(topic["name"], p["index"])] = p
             whole_error = body.get("error_code", 0)
+            next_base: dict[tuple[str, int], int] = {}  # a partition's batches are in request order
             for batch in batches:
-                p = results.get((batch.topic, batch.partition))
+                key = (batch.topic, batch.partition)
+                p = results.get(key)
                 error: BaseException
                 if p is None:
                     code = whole_error or errors.UNKNOWN_SERVER_ERROR
@@ -227,7 +238,10 @@ class Sender:
                     error = errors.error_for_code(p["error_code"], p.get("error_message"))
                     self._classify(batch, error, now_s, retry, failed)
                 else:
-                    done.append((batch, p["base_offset"], p.get("log_append_time_ms", -1)))
+                    base_offset = next_base.get(key, p["base_offset"])
+                    if base_offset >= 0:
+                        next_base[key] = base_offset + len(batch.records)
+                    done.append((batch, base_offset, p.get("log_append_time_ms", -1)))
         # Stale leadership is worth a metadata refresh whether the batch is retried or has
         # failed for good (no retries left): the next batches go to the right leader.
         if any(getattr(e, "invalid_metadata", False)
@@ -244,7 +258,7 @@ class Sender:
         acc = self.acc
         with acc.lock:
             self._in_flight_by_node[node] -= 1
-            for batch in retry:
+            for batch in reversed(retry):  # each goes to the head: the last first keeps the order
                 acc.requeue(batch, now_s)
             for batch, _, _ in done:
                 acc.release(batch)

@@ -281,3 +281,20 @@ def test_the_sticky_slot_follows_every_change() -> None:
     with acc.lock:
         acc.take_all_unsent()
     _check_sticky_slot(acc)
+
+
+def test_a_drain_takes_the_batches_queued_behind_the_head_up_to_the_request_limit() -> None:
+    acc, clock = make(batch_size=2 * RECORD, linger_ms=0)
+    acc.request_bytes_max = 5 * RECORD
+    for _ in range(10):
+        append(acc, partition=0)
+    (first, second), = drain(acc, clock.now_s)[0].values()
+    assert [len(b.records) for b in (first, second)] == [2, 2]
+    assert first.created_s <= second.created_s and len(acc.ready[("t", 0)]) == 3, "a third would pass the limit"
+    assert drain(acc, clock.now_s)[0] == {}, "the partition is muted while its request is in flight"
+    with acc.lock:
+        acc.requeue(second, clock.now_s)
+        acc.requeue(first, clock.now_s)
+    clock.now_s += 0.2
+    (again_first, again_second), = drain(acc, clock.now_s)[0].values()
+    assert (again_first, again_second) == (first, second), "retried batches go first, together, in order"

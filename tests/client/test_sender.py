@@ -202,3 +202,42 @@ def test_the_thread_that_reads_a_response_sends_what_it_freed() -> None:
         assert len(client.requests) == min(i + 2, 3), "the reader sent the next batch itself"
     assert [decode_batch(split_batches(b["topics"][0]["partitions"][0]["records"])[0])[0].value
             for b, _ in client.requests] == [b"v0", b"v1", b"v2"]
+
+
+def test_queued_batches_of_a_partition_travel_in_one_request_and_keep_their_order() -> None:
+    """The batches queued behind a partition's head go in the same request, up to the request
+    limit; each gets its offsets from the first one's base offset, and a retry resends them
+    together, in the same order."""
+    from cluster.client.accumulator import RecordAccumulator
+    from cluster.client.sender import Sender
+
+    acc = RecordAccumulator(batch_size=100, linger_ms=0, buffer_memory=1 << 20, delivery_timeout_ms=60_000,
+                            retry_backoff_ms=0, request_bytes_max=250)
+    acc.set_partition_count("t", 1)
+    client = _StubClient()
+    sender = Sender(client, acc, acks=1, retries=3, request_timeout_ms=30_000, max_in_flight=5,  # type: ignore[arg-type]
+                    topics=lambda: {"t"})
+    # 60 estimated bytes a record, 100 a batch: one record per batch, four fit in 250 bytes.
+    futures = [acc.append("t", 0, None, (0, None, b"v%d" % i, None), 60, 1.0) for i in range(6)]
+    assert sender._run_once()
+
+    def values_of(request: int) -> list[bytes]:
+        body, _ = client.requests[request]
+        (part,), = [t["partitions"] for t in body["topics"]]
+        return [r.value for b in split_batches(part["records"]) for r in decode_batch(b)]
+
+    assert len(client.requests) == 1 and values_of(0) == [b"v0", b"v1", b"v2", b"v3"]
+    retriable = {"topics": [{"name": "t", "partitions": [
+        {"index": 0, "error_code": errors.NOT_LEADER_OR_FOLLOWER, "error_message": "moved", "base_offset": -1}]}]}
+    client.requests[0][1].success(retriable)
+    wait_until(lambda: sender._run_once() and len(client.requests) == 2, 10)
+    assert values_of(1) == [b"v0", b"v1", b"v2", b"v3"], "a retry keeps the batches together and in order"
+    assert not futures[0].done()
+
+    ok = {"topics": [{"name": "t", "partitions": [
+        {"index": 0, "error_code": 0, "base_offset": 10, "log_append_time_ms": -1}]}]}
+    reader = threading.Thread(target=client.requests[1][1].success, args=(ok,))
+    reader.start()
+    reader.join(timeout=10)
+    assert [f.get(timeout=1).offset for f in futures[:4]] == [10, 11, 12, 13]
+    assert len(client.requests) == 3 and values_of(2) == [b"v4", b"v5"], "the rest went next, together"
