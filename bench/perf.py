@@ -37,6 +37,7 @@ from typing import Any
 import lmdb
 from tqdm import tqdm
 
+from bench.workers import value_bytes
 from cluster.client import Admin, Consumer, NewTopic, Producer, TopicPartition
 from cluster.client.connection import BrokerConnection, ResponseFuture, parse_address
 from cluster.launcher import NodeProcess
@@ -214,7 +215,7 @@ def _consume_all(bootstrap: str, topic: str, partitions: int, records: int, prog
             n = 0
             for batch in got.values():
                 n += len(batch)
-                nbytes += sum(len(r.value or b"") for r in batch)
+                nbytes += value_bytes(batch)
             if n:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > CONSUME_IDLE_TIMEOUT_S:
