@@ -200,3 +200,33 @@ def test_well_formed_msgpack_of_the_wrong_shape_is_a_corrupt_batch(section):
     validate(batch)
     with pytest.raises(CorruptBatchError):
         decode_batch(batch)
+
+
+def test_batches_encoded_at_once_in_many_threads_and_after_a_huge_one_stay_intact() -> None:
+    """Each thread packs with its own reused buffer: concurrent encodes never mix records,
+    and a batch bigger than the kept buffer leaves the next ones intact."""
+    import threading
+    from storage.batch import PACKER_KEEP_BYTES_MAX
+
+    outcomes: dict[int, bool] = {}
+
+    def encode_many(worker: int) -> None:
+        ok = True
+        for n in range(1, 60):
+            records = [(n, None, b"%d-%d-%d" % (worker, n, i), None) for i in range(n)]
+            decoded = decode_batch(encode_batch(records))
+            ok = ok and [r.value for r in decoded] == [r[2] for r in records]
+        outcomes[worker] = ok
+
+    threads = [threading.Thread(target=encode_many, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert outcomes == {0: True, 1: True, 2: True, 3: True}
+
+    huge = [(1, None, b"h" * 1024, None)] * (PACKER_KEEP_BYTES_MAX // 1024 + 10)
+    assert len(decode_batch(encode_batch(huge))) == len(huge)
+    small = [(2, b"k", b"after", [("h", b"v")])]
+    (record,) = decode_batch(encode_batch(small))
+    assert (record.key, record.value, record.headers) == (b"k", b"after", (("h", b"v"),))
