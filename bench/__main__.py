@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--acks", default="1", choices=["0", "1", "all", "-1"])
             p.add_argument("--linger-ms", type=int)
             p.add_argument("--batch-size", type=int, help="producer batch size in bytes")
+            p.add_argument("--api", default="produce", choices=["produce", "send"],
+                           help="Producer.produce (no per-record future) or Producer.send (a future each)")
             p.add_argument("--batches-per-txn", type=int, default=10,
                            help="batches per synced transaction in the raw LMDB baseline")
     args = parser.parse_args(argv)
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         acks = args.acks if args.acks == "all" else int(args.acks)
         result = perf.run_produce(records=args.records, record_size=args.record_size, partitions=args.partitions,
                                   acks=acks, bootstrap=args.bootstrap_server, producer_options=options,
-                                  batches_per_txn=args.batches_per_txn, progress=progress)
+                                  batches_per_txn=args.batches_per_txn, progress=progress, api=args.api)
     else:
         result = perf.run_consume(records=args.records, record_size=args.record_size, partitions=args.partitions,
                                   bootstrap=args.bootstrap_server, progress=progress)

@@ -82,6 +82,7 @@ class Sender:
         self.topics = topics  # the producer's current topics (a fresh set after each change)
         self.on_metadata = on_metadata
         self._in_flight_by_node: dict[int, int] = {}
+        self.failed_records = 0  # records whose batch failed for good (read by Producer.metrics)
         self._wake_at_s = 0.0  # when the sleeping sender wakes by itself (0: it is awake)
         self._running = True
         self._force_close = False
@@ -250,7 +251,7 @@ class Sender:
         for batch, base_offset, append_time in done:
             batch.complete(base_offset, append_time)
         for batch, error in failed:
-            batch.complete(-1, -1, error)
+            self._complete_failed(batch, error)
         # Only a response sends inline: a failure may be reported by a thread that holds a
         # connection lock (a write that failed), and a retry waits for its backoff anyway.
         inline = future.error is None and not _inline.active and threading.current_thread() is not self._thread
@@ -292,9 +293,18 @@ class Sender:
             failed.append((batch, error))
 
     def _fail(self, batch: ProducerBatch, error: BaseException) -> None:
-        batch.complete(-1, -1, error)
+        self._complete_failed(batch, error)
         with self.acc.lock:
             self.acc.release(batch)
+
+    def _complete_failed(self, batch: ProducerBatch, error: BaseException) -> None:
+        """Fail a batch's records: their futures and callbacks get ``error``; the count and a
+        warning are what a ``produce()`` caller without a callback has."""
+        if not batch.is_done():
+            with self.acc.lock:  # called without it, from the sender and the readers
+                self.failed_records += len(batch.records)
+            log.warning("%d record(s) for %s-%d failed: %s", len(batch.records), batch.topic, batch.partition, error)
+        batch.complete(-1, -1, error)
 
     def abort_incomplete(self) -> None:
         """Fail every record not yet acknowledged (the producer is closing)."""

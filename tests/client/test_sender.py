@@ -241,3 +241,34 @@ def test_queued_batches_of_a_partition_travel_in_one_request_and_keep_their_orde
     reader.join(timeout=10)
     assert [f.get(timeout=1).offset for f in futures[:4]] == [10, 11, 12, 13]
     assert len(client.requests) == 3 and values_of(2) == [b"v4", b"v5"], "the rest went next, together"
+
+
+def test_produce_without_futures_delivers_in_order_and_reports_failures() -> None:
+    """``produce`` (no future): records land in order, ``on_delivery`` gets (None, metadata)
+    or (error, None), and a failure without a callback is counted in the metrics."""
+    cluster = ScriptedCluster([errors.NONE, errors.MESSAGE_TOO_LARGE, errors.MESSAGE_TOO_LARGE])
+    try:
+        with Producer(cluster.bootstrap, linger_ms=0, retries=0) as producer:
+            for i in range(50):
+                producer.produce("t", b"%02d" % i)
+            producer.flush(timeout=30)
+            assert [v for batch in cluster.produced for v in batch] == [b"%02d" % i for i in range(50)]
+            assert producer.metrics()["failed_records"] == 0
+
+            reports: list = []
+            producer.produce("t", b"x", key=b"k", on_delivery=lambda error, md: reports.append((error, md)))
+            producer.flush(timeout=30)
+            (error, metadata), = reports
+            assert isinstance(error, errors.MessageTooLargeError) and metadata is None
+            assert producer.metrics()["failed_records"] == 1, "a failure is counted with a callback too"
+
+            producer.produce("t", b"lost")  # fails with no callback: only the count tells
+            producer.flush(timeout=30)
+            assert producer.metrics()["failed_records"] == 2
+
+            producer.produce("t", b"ok", on_delivery=lambda error, md: reports.append((error, md)))
+            producer.flush(timeout=30)
+            error, metadata = reports[-1]
+            assert error is None and metadata.offset == 50 and metadata.topic == "t"
+    finally:
+        cluster.broker.close()
