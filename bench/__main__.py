@@ -31,6 +31,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         result = harness.run_workload(workload, bootstrap=args.bootstrap_server, progress=progress)
     if (args.peer or ("nats" if args.compare else "none")) == "nats":
+        if "rate_probe" in result:  # the peer holds the rate kraft held
+            workload = workload.replace(producer_rate=result["rate_probe"]["rate_records_per_s"])
         peer = nats_jetstream.run_peer(workload, result, progress=progress, sync_always=args.nats_sync_always)
     else:
         peer = nats_jetstream.not_requested()
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--bootstrap-server", help="measure a running cluster instead of starting one")
     r.add_argument("--duration-s", type=float, help="override the measured duration")
     r.add_argument("--warmup-s", type=float, help="override the warm-up")
-    r.add_argument("--producer-rate", help='override the rate: records/s over all producers, or "max"')
+    r.add_argument("--producer-rate",
+                   help='override the rate: records/s over all producers, "max", or a share of the max ("50%%")')
     r.add_argument("--acks", choices=["0", "1", "all"])
     r.add_argument("--nodes", type=int, choices=[1, 3])
     r.add_argument("--replication-factor", type=int)

@@ -12,6 +12,10 @@ throughput series; when every producer is done and the consumers have read every
 sent (or the drain deadline passes), it tells the consumers to stop and collects their
 figures. Worker processes are joined, and terminated by PID if they overstay.
 
+A rate given as a share of the maximum (``producer_rate = "50%"``) first runs the same
+workload at max rate on a cluster of its own; the run proper then holds that share of the
+produce rate measured (``rate_probe`` in the result).
+
 After the cluster is stopped, the raw LMDB append of the same bytes (``bench.perf``) runs
 as the local baseline, and the result dict gets the produce/raw ratio. ``run_compare``
 runs the same workload as 1 node acks=1, 1 node acks=all and 3 nodes RF=3 acks=all and
@@ -34,7 +38,7 @@ from tqdm import tqdm
 from bench import perf, workers
 from bench.histogram import Histogram
 from bench.nodes import BenchCluster
-from bench.workload import Workload
+from bench.workload import RATE_MAX, Workload
 from cluster.client import Admin, NewTopic
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,7 @@ DRAIN_TIMEOUT_S = 30.0  # after the producers finish, how long consumers may tak
 JOIN_TIMEOUT_S = 15.0
 QUEUE_POLL_S = 0.1
 PROGRESS_REFRESH_S = 0.5
+RATE_PROBE_DURATION_S = 8.0  # the max-rate run that a "50%" rate is a share of
 RAW_BASELINE_RECORDS_MIN = 10_000
 RAW_BASELINE_RECORDS_MAX = 2_000_000
 RAW_BATCHES_PER_TXN = 10
@@ -219,7 +224,22 @@ def _produce_figures(done: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_workload(w: Workload, *, bootstrap: str | None = None, progress: bool = True,
                  raw_baseline: bool = True) -> dict[str, Any]:
-    """Run ``w`` once and return every parameter and figure (see ``bench.report``)."""
+    """Run ``w`` once and return every parameter and figure (see ``bench.report``).
+
+    A rate given as a share of the maximum (``"50%"``) is measured first: the same workload
+    at ``"max"`` (at most ``RATE_PROBE_DURATION_S`` measured, on a cluster of its own), then
+    the run at that share of the produce rate it reached."""
+    share = w.rate_share
+    if share is not None:
+        probe = run_workload(w.replace(producer_rate=RATE_MAX, duration_s=min(w.duration_s, RATE_PROBE_DURATION_S)),
+                             bootstrap=bootstrap, progress=progress, raw_baseline=False)
+        max_rate = probe["produce"]["records_per_s"]
+        result = run_workload(w.replace(producer_rate=max(1, round(max_rate * share))), bootstrap=bootstrap,
+                              progress=progress, raw_baseline=raw_baseline)
+        result["rate_probe"] = {"producer_rate": w.producer_rate, "max_records_per_s": max_rate,
+                                "max_e2e_latency_ms": probe.get("e2e_latency_ms"),
+                                "rate_records_per_s": result["params"]["producer_rate"]}
+        return result
     cluster = BenchCluster(w.nodes, bootstrap)
     try:
         topics = _create_topics(cluster.bootstrap, w)

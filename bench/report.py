@@ -83,6 +83,10 @@ def _cluster_lines(cluster: dict[str, Any]) -> list[str]:
 
 def _run_lines(result: dict[str, Any]) -> list[str]:
     lines = []
+    probe = result.get("rate_probe")
+    if probe:
+        lines.append(f"  rate {probe['producer_rate']} of the maximum: {probe['rate_records_per_s']:,} records/s "
+                     f"(max-rate run first: {probe['max_records_per_s']:,.0f} records/s)")
     for section in ("raw_lmdb_append", "produce", "consume"):
         if result.get(section):
             lines.append(_throughput_line(section, result[section]))

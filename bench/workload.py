@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 A workload file (``bench/workloads/*.toml``) names every parameter of one run: the
 topics and their partitions, the records (size or payload file, keyed or not), the load
-generators (producer and consumer processes, the target rate or ``"max"``), the producer's
+generators (producer and consumer processes, the target rate: records/s, ``"max"``, or a
+share of the maximum such as ``"50%"``, which the harness measures first), the producer's
 delivery settings (acks, linger, batch size), the cluster (1 node, or 3 nodes with a
 replication factor) and the timing (warm-up, measured duration). ``load_workload`` reads a
 file, applies command-line overrides, checks every key and value and returns a frozen
@@ -48,7 +49,7 @@ class Workload:
     key_count: int = 1024
     producers: int = 1
     consumers: int = 1
-    producer_rate: int | str = RATE_MAX  # records/s over all producers, or "max"
+    producer_rate: int | str = RATE_MAX  # records/s over all producers, "max", or "N%" of max
     acks: str = "1"
     replication_factor: int = 1
     nodes: int = 1
@@ -63,6 +64,13 @@ class Workload:
     @property
     def fixed_rate(self) -> bool:
         return self.producer_rate != RATE_MAX
+
+    @property
+    def rate_share(self) -> float | None:
+        """For ``producer_rate = "N%"``: N / 100 (the rate is that share of the maximum)."""
+        if isinstance(self.producer_rate, str) and self.producer_rate.endswith("%"):
+            return float(self.producer_rate[:-1]) / 100
+        return None
 
     @property
     def acks_value(self) -> int | str:
@@ -87,6 +95,15 @@ class Workload:
 _FIELDS = {f.name: f for f in dataclasses.fields(Workload)}
 
 
+def _percent(text: str) -> float | None:
+    """``text`` as a percentage in (0, 100], or None."""
+    try:
+        percent = float(text)
+    except ValueError:
+        return None
+    return percent if 0 < percent <= 100 else None
+
+
 def _coerce(key: str, value: Any, where: str) -> Any:
     if key == "producer_rate":
         if value == RATE_MAX:
@@ -95,7 +112,10 @@ def _coerce(key: str, value: Any, where: str) -> Any:
             return value
         if isinstance(value, str) and value.isdigit() and int(value) > 0:
             return int(value)
-        raise WorkloadError(f"{where}: producer_rate must be a positive number of records/s or \"max\", got {value!r}")
+        if isinstance(value, str) and value.endswith("%") and _percent(value[:-1]) is not None:
+            return f"{_percent(value[:-1]):g}%"
+        raise WorkloadError(f"{where}: producer_rate must be a positive number of records/s, \"max\" or a "
+                            f"share of the maximum such as \"50%\", got {value!r}")
     if key == "acks":
         text = str(value).lower()
         text = "all" if text == "-1" else text

@@ -71,6 +71,28 @@ def test_bench_run_of_a_workload_file_writes_every_figure(tmp_path) -> None:
     assert "e2e latency" in out.stdout and "publish latency" in out.stdout
 
 
+@pytest.mark.timeout(90)
+def test_a_share_of_the_maximum_rate_is_measured_first_then_held(tmp_path) -> None:
+    workload = tmp_path / "tiny.toml"
+    workload.write_text(TINY_WORKLOAD.replace("producer_rate = 2000", 'producer_rate = "10%"'))
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "run", str(workload), "--no-progress", "--no-chart", "--peer", "none",
+         "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=85,
+    )
+    assert out.returncode == 0, out.stderr + out.stdout
+    [path] = tmp_path.glob("tiny-*.json")
+    result = json.loads(path.read_text())
+    probe = result["rate_probe"]
+    assert probe["producer_rate"] == "10%" and probe["max_records_per_s"] > 0
+    assert result["params"]["producer_rate"] == probe["rate_records_per_s"] == max(1, round(probe["max_records_per_s"] * 0.1))
+    # a fixed rate: every record in the 1.5 s window is timed, about 1.5 s worth of that rate
+    produce = result["produce"]
+    assert produce["publish_latency_ms"]["count"] == produce["records"]
+    assert produce["records"] <= probe["rate_records_per_s"] * 1.5 * 1.1 + 100
+    assert "of the maximum" in out.stdout
+
+
 def test_bench_run_rejects_a_bad_workload(tmp_path) -> None:
     workload = tmp_path / "bad.toml"
     workload.write_text("partitions_per_topic = 0\n")

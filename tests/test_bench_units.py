@@ -96,6 +96,18 @@ def test_overrides_apply_and_are_checked(tmp_path: Path) -> None:
         w.replace(nodes=2)
 
 
+def test_a_rate_can_be_a_share_of_the_maximum(tmp_path: Path) -> None:
+    path = tmp_path / "w.toml"
+    path.write_text('producer_rate = "50%"\n')
+    w = load_workload(path)
+    assert w.producer_rate == "50%" and w.rate_share == 0.5 and w.fixed_rate
+    assert load_workload(path, {"producer_rate": "12.5%"}).rate_share == 0.125
+    assert load_workload(path, {"producer_rate": "800"}).rate_share is None
+    for bad in ("0%", "150%", "half%", "%"):
+        with pytest.raises(WorkloadError, match="producer_rate"):
+            load_workload(path, {"producer_rate": bad})
+
+
 @pytest.mark.parametrize("data, key", [
     ({"partitions": 4}, "unknown key"),
     ({"partitions_per_topic": 0}, "partitions_per_topic"),
