@@ -20,7 +20,10 @@ publish latency (send -> ack, taken in a callback when the record's batch comple
 measured from the intended time, so a stall counts against every record it delays
 (no coordinated omission). The record's timestamp is the intended time too, so the
 consumers' end-to-end latency starts there. At ``"max"`` rate the intended time is the
-time of the ``send`` call and one record in ``MAX_RATE_SAMPLE_EVERY`` gets a callback.
+time of the ``send`` call and one record in ``MAX_RATE_SAMPLE_EVERY`` is timed; at a fixed
+rate every record up to ``FIXED_RATE_SAMPLES_PER_S`` a second, and every k-th above that.
+A timed record goes through ``Producer.send`` and gets a callback on its future; the others
+through ``Producer.produce`` (no future), whose failures the producer counts.
 
 Consumer: reads its share of the partitions (round-robin by index) from the beginning
 and keeps, for records whose timestamp falls in the measured window, a count per
@@ -48,7 +51,7 @@ log = logging.getLogger(__name__)
 REPORT_INTERVAL_S = 1.0  # the chart's resolution
 REPORT_EVERY_S = 0.2  # how often counts reach the harness (its progress bar and stop rule)
 MAX_RATE_SAMPLE_EVERY = 64
-FIXED_RATE_SAMPLE_ALL_MAX = 100_000  # records/s per producer up to which every record is timed
+FIXED_RATE_SAMPLES_PER_S = 5_000  # at a fixed rate, records timed per second and producer
 SEND_AHEAD_SLEEP_S = 0.0005  # sleep only when this far ahead of schedule
 CHECK_CLOCK_EVERY = 64  # at max rate, look at the clock once per this many records
 VALUE_POOL = 1024
@@ -135,7 +138,10 @@ def _produce(worker_id: int, spec: dict[str, Any], reports: Any, go: multiproces
     keys = [f"key-{i}".encode() for i in range(spec["key_count"])] if spec["keyed"] else None
     rate: float | None = spec["rate_per_producer"]
     backlog: int | None = spec.get("backlog_records")
-    sample_every = 1 if rate is not None and rate <= FIXED_RATE_SAMPLE_ALL_MAX else MAX_RATE_SAMPLE_EVERY
+    if rate is None:
+        sample_every = MAX_RATE_SAMPLE_EVERY
+    else:  # at most FIXED_RATE_SAMPLES_PER_S timed records a second: a callback costs microseconds
+        sample_every = max(1, round(rate / FIXED_RATE_SAMPLES_PER_S))
     publish = Histogram()
     failures: list[str] = []
 
@@ -157,7 +163,8 @@ def _produce(worker_id: int, spec: dict[str, Any], reports: Any, go: multiproces
             if len(failures) < 10:
                 failures.append(f"{type(error).__name__}: {error}")
 
-        send = producer.send
+        send = producer.send  # the timed records: a future each
+        produce = producer.produce  # the others: no future (failures are counted by the producer)
         value_cycle = itertools.cycle(values)
         topic_cycle = itertools.cycle(topics)
         key_cycle = itertools.cycle(keys) if keys else None
@@ -165,7 +172,6 @@ def _produce(worker_id: int, spec: dict[str, Any], reports: Any, go: multiproces
         sent = 0
         sent_in_window = 0
         wall_offset_ms = (time.time() - time.monotonic()) * 1000
-        last_future = None
         now = time.monotonic()
         while True:
             if backlog is not None:
@@ -183,18 +189,17 @@ def _produce(worker_id: int, spec: dict[str, Any], reports: Any, go: multiproces
                 intended = now
             topic = one_topic or next(topic_cycle)
             timestamp_ms = int(intended * 1000 + wall_offset_ms) if rate is not None else None
-            if key_cycle is not None:
-                future = send(topic, next(value_cycle), key=next(key_cycle), timestamp_ms=timestamp_ms)
-            else:
-                future = send(topic, next(value_cycle), timestamp_ms=timestamp_ms)
+            key = next(key_cycle) if key_cycle is not None else None
             if sent % sample_every == 0:
+                future = send(topic, next(value_cycle), key=key, timestamp_ms=timestamp_ms)
                 if intended >= warm_mono or backlog is not None:
                     future.add_callback(acked, intended)
                 future.add_errback(failed)
+            else:
+                produce(topic, next(value_cycle), key=key, timestamp_ms=timestamp_ms)
             sent += 1
             if backlog is not None or intended >= warm_mono:
                 sent_in_window += 1
-            last_future = future
             if rate is not None or sent % CHECK_CLOCK_EVERY == 0:
                 now = time.monotonic()
                 intervals.add(CHECK_CLOCK_EVERY if rate is None else 1,
@@ -203,8 +208,9 @@ def _produce(worker_id: int, spec: dict[str, Any], reports: Any, go: multiproces
         producer.flush(timeout=FLUSH_TIMEOUT_S)
         flushed_mono = time.monotonic()
         intervals.flush()
-        if last_future is not None and last_future.exception() is not None:
-            failures.append(f"last record: {last_future.exception()}")
+        failed_records = producer.metrics()["failed_records"]
+        if failed_records:
+            failures.append(f"{failed_records} of {sent} records failed")
     finally:
         producer.close()
     return {
