@@ -35,7 +35,7 @@ def _run(args: argparse.Namespace) -> int:
             workload = workload.replace(producer_rate=result["rate_probe"]["rate_records_per_s"])
         peer = nats_jetstream.run_peer(workload, result, progress=progress, sync_always=args.nats_sync_always)
     else:
-        peer = nats_jetstream.not_requested()
+        peer = nats_jetstream.not_requested(declined=args.peer == "none")
     result["peers"] = {nats_jetstream.PEER_KEY: peer}
     path = report.finish(result, args.out_dir)
     print(report.summary(result))

