@@ -122,6 +122,15 @@ def producer_main(worker_id: int, spec: dict[str, Any], reports: Any, go: multip
         reports.put(("error", "producer", worker_id, f"{type(exc).__name__}: {exc}"))
 
 
+def sample_every_for(rate: float | None) -> int:
+    """Which records a producer times: one in this many. At a fixed rate at most
+    ``FIXED_RATE_SAMPLES_PER_S`` a second (a timed record costs microseconds: a future,
+    callbacks, a histogram update), at max rate one in ``MAX_RATE_SAMPLE_EVERY``."""
+    if rate is None:
+        return MAX_RATE_SAMPLE_EVERY
+    return max(1, round(rate / FIXED_RATE_SAMPLES_PER_S))
+
+
 def _values(spec: dict[str, Any]) -> list[bytes]:
     if spec["payload"] is not None:
         return [spec["payload"]]
@@ -138,10 +147,7 @@ def _produce(worker_id: int, spec: dict[str, Any], reports: Any, go: multiproces
     keys = [f"key-{i}".encode() for i in range(spec["key_count"])] if spec["keyed"] else None
     rate: float | None = spec["rate_per_producer"]
     backlog: int | None = spec.get("backlog_records")
-    if rate is None:
-        sample_every = MAX_RATE_SAMPLE_EVERY
-    else:  # at most FIXED_RATE_SAMPLES_PER_S timed records a second: a callback costs microseconds
-        sample_every = max(1, round(rate / FIXED_RATE_SAMPLES_PER_S))
+    sample_every = sample_every_for(rate)
     publish = Histogram()
     failures: list[str] = []
 

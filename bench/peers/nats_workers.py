@@ -17,8 +17,8 @@ resolved by the stream's acknowledgement, and at most ``spec["publish_in_flight_
 are unacknowledged at once (the call waits for a free slot beyond that). Subjects are
 taken round-robin, or chosen by a CRC-32 of the key for keyed workloads. Rate control,
 warm-up and the measured window are those of ``bench.workers``; publish latency (intended
-send time -> acknowledgement) is taken for one record in ``MAX_RATE_SAMPLE_EVERY`` at max
-rate and for every record at fixed rates. The first 8 bytes of each payload carry the
+send time -> acknowledgement) is taken for the records ``workers.sample_every_for`` picks,
+as for kraft. The first 8 bytes of each payload carry the
 send time in milliseconds (big-endian), which the consumer reads for end-to-end latency.
 After the last publish it waits (up to ``FLUSH_TIMEOUT_S``) until every publish is
 acknowledged; the window ends there.
@@ -57,8 +57,6 @@ from bench.histogram import Histogram
 
 log = logging.getLogger(__name__)
 
-MAX_RATE_SAMPLE_EVERY = workers.MAX_RATE_SAMPLE_EVERY
-FIXED_RATE_SAMPLE_ALL_MAX = workers.FIXED_RATE_SAMPLE_ALL_MAX
 SEND_AHEAD_SLEEP_S = workers.SEND_AHEAD_SLEEP_S
 CHECK_CLOCK_EVERY = workers.CHECK_CLOCK_EVERY
 FLUSH_TIMEOUT_S = workers.FLUSH_TIMEOUT_S
@@ -108,7 +106,7 @@ async def _produce(worker_id: int, spec: dict[str, Any], reports: Any, go: multi
     keys = [f"key-{i}".encode() for i in range(spec["key_count"])] if spec["keyed"] else None
     rate: float | None = spec["rate_per_producer"]
     backlog: int | None = spec.get("backlog_records")
-    sample_every = 1 if rate is not None and rate <= FIXED_RATE_SAMPLE_ALL_MAX else MAX_RATE_SAMPLE_EVERY
+    sample_every = workers.sample_every_for(rate)
     publish = Histogram()
     failures: list[str] = []
 
