@@ -234,12 +234,12 @@ def run_workload(w: Workload, *, bootstrap: str | None = None, progress: bool = 
         probe = run_workload(w.replace(producer_rate=RATE_MAX, duration_s=min(w.duration_s, RATE_PROBE_DURATION_S)),
                              bootstrap=bootstrap, progress=progress, raw_baseline=False)
         max_rate = probe["produce"]["records_per_s"]
-        result = run_workload(w.replace(producer_rate=max(1, round(max_rate * share))), bootstrap=bootstrap,
-                              progress=progress, raw_baseline=raw_baseline)
-        result["rate_probe"] = {"producer_rate": w.producer_rate, "max_records_per_s": max_rate,
-                                "max_e2e_latency_ms": probe.get("e2e_latency_ms"),
-                                "rate_records_per_s": result["params"]["producer_rate"]}
-        return result
+        held = run_workload(w.replace(producer_rate=max(1, round(max_rate * share))), bootstrap=bootstrap,
+                            progress=progress, raw_baseline=raw_baseline)
+        held["rate_probe"] = {"producer_rate": w.producer_rate, "max_records_per_s": max_rate,
+                              "max_e2e_latency_ms": probe.get("e2e_latency_ms"),
+                              "rate_records_per_s": held["params"]["producer_rate"]}
+        return held
     cluster = BenchCluster(w.nodes, bootstrap)
     try:
         topics = _create_topics(cluster.bootstrap, w)
