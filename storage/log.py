@@ -62,6 +62,21 @@ Durability. ``sync=True`` (default): every commit is fsynced before futures comp
 acknowledged write survives power loss. ``sync=False``: commits reach the OS page cache
 only; they survive a crash of this process (kill -9) but NOT a power loss or kernel crash.
 
+Tail cache. The newest committed batches that the writer stamped itself (a leader's
+appends) stay in memory after their commit: per partition a contiguous run of batches
+ending at the log end offset, at most ``TAIL_CACHE_BYTES_MAX`` / ``TAIL_CACHE_BATCHES_MAX``
+over the whole store, the oldest dropped first. ``read`` answers from it when the run
+holds the asked offset (what followers and consumers at the end of the log ask for, right
+after the commit that woke them), with the same bounds checks and the same batches an LMDB
+read would give, without a read transaction, page faults on the map or a copy. It is
+published with the partition's state in ``_install`` (under the store lock, so a reader
+sees both or neither), and emptied by anything but an append (truncation, prefix deletion,
+partition deletion) and by an append it does not hold (a follower's, stored as received).
+
+    append [10, 20) [20, 30) committed  ->  tail [10, 20) [20, 30), log end 30
+    read(25)  -> [20, 30) from memory      read(5) -> LMDB (before the run)
+    truncate_to(20) -> tail emptied; the next appends start a new run at 20
+
 High watermark. ``set_high_watermark`` changes the in-memory value at once and marks the
 partition dirty; the checkpoint is written with the next transaction, and the writer starts
 one itself after ``HIGH_WATERMARK_CHECKPOINT_INTERVAL_MS`` if nothing else happens. The high
@@ -70,6 +85,7 @@ watermark is always kept within [log start offset, log end offset].
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import fcntl
@@ -108,6 +124,8 @@ READERS_MAX = 126
 PARTITION_ID_MAX = (1 << 32) - 1
 MAP_GROWTH_FACTOR = 2
 DISK_FULL_HEADROOM_BYTES = 1 << 20  # a failed commit with less free space than this is "disk full"
+TAIL_CACHE_BYTES_MAX = 16 << 20  # newest committed batches kept in memory for reads, whole store
+TAIL_CACHE_BATCHES_MAX = 4096
 
 _BATCH_KEY = struct.Struct(">IQ")  # partition id, base offset
 _PARTITION_ID = struct.Struct(">I")
@@ -260,6 +278,17 @@ class _Rejected(Exception):
         self.error = error
 
 
+_TailEntry = tuple[int, int, bytes]  # (base offset, next offset, the stored batch)
+
+
+def _stamped(batch: bytes | memoryview, base_offset: int, leader_epoch: int) -> bytes:
+    """The batch with base offset and leader epoch set, as one new immutable ``bytes`` (the
+    CRC does not cover either field)."""
+    view = memoryview(batch)
+    return b"".join((_I64.pack(base_offset), view[_BATCH_LENGTH_AT:_LEADER_EPOCH_AT],
+                     _I32.pack(leader_epoch), view[_LEADER_EPOCH_AT + 4:]))
+
+
 class _Draft:
     """What one write transaction changes, kept aside until it commits."""
 
@@ -270,6 +299,14 @@ class _Draft:
         self.created: dict[tuple[str, int], PartitionLog] = {}
         self.deleted: dict[int, PartitionLog] = {}
         self.next_partition_id = store._next_partition_id
+        # For the tail cache: batches appended per pid (a run ending at the new log end),
+        # and the partitions whose cached run is no longer the end of their log.
+        self.appended: dict[int, list[_TailEntry]] = {}
+        self.tail_reset: dict[int, PartitionLog] = {}
+
+    def reset_tail(self, log: PartitionLog) -> None:
+        self.tail_reset[log.pid] = log
+        self.appended.pop(log.pid, None)
 
     def state(self, log: PartitionLog) -> _State:
         if log._deleted or log.pid in self.deleted:
@@ -347,9 +384,11 @@ class LogStore:
         except BaseException:
             os.close(self._lock_fd)
             raise
-        self._lock = threading.Lock()  # guards _logs, _closed, _dirty_high_watermarks
+        self._lock = threading.Lock()  # guards _logs, _closed, _dirty_high_watermarks, tails
         self._logs: dict[tuple[str, int], PartitionLog] = {}
         self._dirty_high_watermarks: set[PartitionLog] = set()
+        self._tail_order: collections.deque[tuple[PartitionLog, _TailEntry]] = collections.deque()
+        self._tail_bytes = 0
         self._closed = False  # no more ops accepted
         self._env_open = True
         self._gate = _ResizeGate()
@@ -699,7 +738,7 @@ class LogStore:
         base = state.log_end_offset
         if op.assign_offsets:
             epoch = op.leader_epoch
-            data: bytes | bytearray | memoryview = stamp(batch, base, epoch)
+            data: bytes | bytearray | memoryview = _stamped(batch, base, epoch)
             assert _I64.unpack_from(data, 0)[0] == base
         else:
             own_base = _I64.unpack_from(batch, 0)[0]
@@ -729,6 +768,10 @@ class LogStore:
         assert written, f"{log.name}: a batch already exists at offset {base}"
         draft.put(log, _State(state.log_start_offset, next_offset, state.high_watermark,
                               state.size_bytes + size, epochs))
+        if type(data) is bytes:  # immutable: safe to hand to readers as is
+            draft.appended.setdefault(log.pid, []).append((base, next_offset, data))
+        else:
+            draft.reset_tail(log)
         return AppendResult(base, next_offset - 1, now_ms)
 
     def _apply_truncate(self, log: PartitionLog, offset: int, cursor: lmdb.Cursor,
@@ -751,6 +794,7 @@ class LogStore:
                     break
                 value = item[1]
         new_start = min(state.log_start_offset, new_end)
+        draft.reset_tail(log)
         epochs = tuple(entry for entry in state.epochs if entry[1] < new_end)
         if epochs != state.epochs:
             draft.epochs_changed.add(log.pid)
@@ -770,6 +814,7 @@ class LogStore:
             item = _current(cursor, log.pid)
         if state.epochs:
             draft.epochs_changed.add(log.pid)
+        draft.reset_tail(log)
         draft.put(log, _State(offset, offset, offset, 0, ()))
         return None
 
@@ -785,6 +830,7 @@ class LogStore:
             removed_bytes += len(item[1])
             cursor.delete()
             item = _current(cursor, log.pid)
+        draft.reset_tail(log)
         # The epoch in force at new_start now starts there; entries before it go.
         epochs = list(state.epochs)
         while len(epochs) > 1 and epochs[1][1] <= new_start:
@@ -837,6 +883,7 @@ class LogStore:
         if draft.created.get((log.topic, log.partition)) is log:
             del draft.created[(log.topic, log.partition)]
         draft.deleted[log.pid] = log
+        draft.reset_tail(log)
         return None
 
     def _write_states(self, txn: lmdb.Transaction, draft: _Draft,
@@ -882,9 +929,36 @@ class LogStore:
             for key, log in draft.created.items():
                 self._logs[key] = log
             self._next_partition_id = draft.next_partition_id
+            self._install_tail(draft)
         for log in draft.created.values():
             logger.info("log store at %s: created partition %s (id %d)",
                         self.path, log.name, log.pid)
+
+
+    def _install_tail(self, draft: _Draft) -> None:
+        """Publish a committed transaction's appends to the tail cache (under ``_lock``)."""
+        for log in draft.tail_reset.values():
+            for entry in log._tail:
+                self._tail_bytes -= len(entry[2])
+            log._tail.clear()
+        for pid, entries in draft.appended.items():
+            if not entries:
+                continue
+            log = draft.logs[pid]
+            tail = log._tail
+            assert not tail or tail[-1][1] == entries[0][0], (log.name, tail[-1], entries[0])
+            for entry in entries:
+                tail.append(entry)
+                self._tail_order.append((log, entry))
+                self._tail_bytes += len(entry[2])
+            assert tail[-1][1] == log._state.log_end_offset, (log.name, tail[-1], log._state)
+        order = self._tail_order
+        while order and (self._tail_bytes > TAIL_CACHE_BYTES_MAX or len(order) > TAIL_CACHE_BATCHES_MAX):
+            log, entry = order.popleft()
+            tail = log._tail
+            if tail and tail[0] is entry:  # else a reset dropped it already
+                tail.popleft()
+                self._tail_bytes -= len(entry[2])
 
 
 # -- cursor helpers (work in read and write transactions, buffers or not) ------------------
@@ -956,6 +1030,7 @@ class PartitionLog:
         self._high_watermark = state.high_watermark
         self._deleting = False  # delete_partition was called
         self._deleted = False  # ... and has committed
+        self._tail: collections.deque[_TailEntry] = collections.deque()  # see "Tail cache"
 
     def __repr__(self) -> str:
         state = self._state
@@ -1056,9 +1131,15 @@ class PartitionLog:
         log end offset); stops before ``max_bytes`` would be exceeded, but the first batch
         is returned whole whatever its size. ``offset == log_end_offset`` gives ``[]``;
         outside [log_start_offset, log_end_offset] raises ``OffsetOutOfRangeError``.
-        Any thread, concurrently with the writer: one read transaction, one cursor.
+        Any thread, concurrently with the writer: from the tail cache when it holds
+        ``offset``, else one read transaction, one cursor.
         """
         store = self._store
+        if self._tail and store._env_open:
+            with store._lock:
+                cached = self._read_tail(offset, max_bytes, upper_offset)
+            if cached is not None:
+                return cached
         store._gate.acquire_shared()  # inlined _reading(): this is the fetch hot path
         try:
             if not store._env_open:
@@ -1070,6 +1151,40 @@ class PartitionLog:
                 txn.abort()
         finally:
             store._gate.release_shared()
+
+    def _read_tail(self, offset: int, max_bytes: int, upper_offset: int | None) -> list[bytes] | None:
+        """``read`` from the tail cache (under the store lock), or None when it does not
+        hold ``offset`` (the caller reads LMDB, which also reports every error)."""
+        tail = self._tail
+        state = self._state
+        if not tail or self._deleted or not tail[0][0] <= offset <= state.log_end_offset \
+                or offset < state.log_start_offset:
+            return None
+        log_end_offset = state.log_end_offset
+        upper = log_end_offset if upper_offset is None or upper_offset > log_end_offset \
+            else upper_offset
+        if offset >= upper:
+            return []
+        low, high = 0, len(tail) - 1  # find the last batch whose base is <= ``offset``
+        while low < high:
+            middle = (low + high + 1) // 2
+            if tail[middle][0] <= offset:
+                low = middle
+            else:
+                high = middle - 1
+        first = low
+        out: list[bytes] = []
+        total_bytes = 0
+        for index in range(first, len(tail)):
+            base, next_offset, data = tail[index]
+            if next_offset - 1 >= upper:
+                break
+            size = len(data)
+            if out and total_bytes + size > max_bytes:
+                break
+            out.append(data)
+            total_bytes += size
+        return out
 
     def _read_in(self, txn: lmdb.Transaction, offset: int, max_bytes: int,
                  upper_offset: int | None) -> list[bytes]:
