@@ -38,7 +38,8 @@ reads only the batch headers: split by length fields, size check against the top
 max.message.bytes, CRC/shape check (``storage.batch.validate``), then append; records are
 never decoded. The fetch path (``fetch`` -> ``_fetch_once``) reads whole stored batches
 below the high watermark (a follower's replica Fetch: up to the log end offset), and
-long-polls with ``PartitionManager.wait_for_data``. Produce answers acks=1 after the local
+long-polls with ``PartitionManager.wait_for_data`` (a replica Fetch wakes when a local
+append commits, a consumer's when the high watermark moves). Produce answers acks=1 after the local
 append and acks=all once ``ReplicaManager.wait_for_acks_all`` says the high watermark passed
 the batches (or REQUEST_TIMED_OUT / NOT_ENOUGH_REPLICAS_AFTER_APPEND). AlterPartition is
 decided by the active controller (``kraft.lifecycle.alter_partition``) and forwarded to it
@@ -909,7 +910,7 @@ class RequestHandlers:
             remaining_s = deadline - loop.time()
             if total_bytes >= min_bytes or has_error or remaining_s <= 0 or not keys or self.partitions.closing:
                 return response
-            await self.partitions.wait_for_data(keys, remaining_s)
+            await self.partitions.wait_for_data(keys, remaining_s, replica=replica_id >= 0)
 
     def _fetch_once(
         self, requests: list[tuple[str, list[tuple[int, int, int, int]]]], max_bytes: int, replica_id: int,

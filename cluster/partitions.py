@@ -40,10 +40,12 @@ roles (leader state, follower fetchers) belong to the replica manager
 the open logs.
 
 Appends go through ``append``: it hands the batch to the partition log (whose writer thread
-group-commits it) and, when the commit completes, tells the replica manager (which moves the
-leader's high watermark) and wakes any fetch waiting for that partition (``wait_for_data``).
-Without a replica manager (or on a single node, whose ISR is the node itself) the high
-watermark is the log end offset once the append is committed.
+group-commits it) and, when the commit completes (one hop to the loop per group commit, not
+per batch), first wakes the followers' fetches parked on that partition, which is what an
+acks=all produce waits for, then tells the replica manager (which moves the leader's high
+watermark), then wakes the consumers' fetches if the high watermark moved
+(``wait_for_data``). Without a replica manager (or on a single node, whose ISR is the node
+itself) the high watermark is the log end offset once the append is committed.
 
 ``run_retention`` applies each topic's retention settings to the partitions held here.
 """
@@ -54,6 +56,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Protocol
 
@@ -138,7 +141,13 @@ class PartitionManager:
         self._deletion_floor = read_offset(offset_path)
         self.store = store
         self._logs: dict[PartitionKey, PartitionLog] = dict(store.partitions())
-        self._waiters: dict[PartitionKey, set[asyncio.Future[None]]] = {}
+        self._waiters: dict[PartitionKey, set[asyncio.Future[None]]] = {}  # consumers' long polls
+        self._replica_waiters: dict[PartitionKey, set[asyncio.Future[None]]] = {}  # followers'
+        # Appends completed by the log's writer thread, waiting for one hop to the loop.
+        self._completed: list[tuple[PartitionKey, PartitionLog, concurrent.futures.Future[AppendResult],
+                                    asyncio.Future[AppendResult]]] = []
+        self._completed_lock = threading.Lock()
+        self._completed_scheduled = False
         self._reconcile_lock = asyncio.Lock()
         self._closing = False
         self._latest_image: MetadataImage | None = None
@@ -270,32 +279,56 @@ class PartitionManager:
 
         Cancelling the returned future (a client that went away) does not stop the append,
         nor the high-watermark advance and wake-ups that follow its commit: those hang off
-        the log's own future, which hops to the event loop once (one loop future per
-        append, no wrap/shield chain: this runs for every batch produced).
+        the log's own future. The writer thread completes every append of a transaction
+        together; the first completion schedules one hop to the event loop
+        (``call_soon_threadsafe``) and the others join it, so a group commit of N batches
+        costs one wake-up of the loop, not N (no wrap/shield chain either: this runs for
+        every batch produced).
         """
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[AppendResult] = loop.create_future()
         key = (log.topic, log.partition)
 
         def committed(done: concurrent.futures.Future[AppendResult]) -> None:  # the writer thread
+            with self._completed_lock:
+                self._completed.append((key, log, done, waiter))
+                if self._completed_scheduled:
+                    return  # the hop already on its way takes this one too
+                self._completed_scheduled = True
             if not loop.is_closed():
                 try:
-                    loop.call_soon_threadsafe(self._committed, key, log, done, waiter)
+                    loop.call_soon_threadsafe(self._run_completed)
                 except RuntimeError:
                     pass  # the loop closed meanwhile: the node is stopping
 
         log.append(batch, leader_epoch).add_done_callback(committed)
         return waiter
 
+    def _run_completed(self) -> None:
+        """On the loop: every append completed since the last hop, in completion order."""
+        with self._completed_lock:
+            completed = self._completed
+            self._completed = []
+            self._completed_scheduled = False
+        for key, log, done, waiter in completed:
+            self._committed(key, log, done, waiter)
+
     def _committed(self, key: PartitionKey, log: PartitionLog, done: concurrent.futures.Future[AppendResult],
                    waiter: asyncio.Future[AppendResult]) -> None:
         error = done.exception()
         if error is None:
+            # Followers' fetches are woken first, in this same callback: they are what an
+            # acks=all produce waits for. Consumers read below the high watermark, so they
+            # wake only if it moved (with followers in the ISR it moves on their fetches).
+            self._wake_replicas(key)
             if self.replicas is None:
                 log.set_high_watermark(log.log_end_offset)
+                self._wake_consumers(key)
             else:
+                before = log.high_watermark
                 self.replicas.on_leader_append(key, log)
-            self._wake(key)
+                if log.high_watermark != before:
+                    self._wake_consumers(key)
         if waiter.done():
             return  # cancelled: nobody waits for the outcome any more
         if error is None:
@@ -309,30 +342,50 @@ class PartitionManager:
     def closing(self) -> bool:
         return self._closing
 
-    async def wait_for_data(self, keys: Iterable[PartitionKey], timeout_s: float) -> None:
-        """Return when any of ``keys`` gets new data, on shutdown, or after ``timeout_s``."""
+    async def wait_for_data(self, keys: Iterable[PartitionKey], timeout_s: float, *,
+                            replica: bool = False) -> None:
+        """Return when any of ``keys`` gets new data, on shutdown, or after ``timeout_s``.
+
+        A consumer (``replica=False``) reads below the high watermark: it wakes when that
+        moves. A follower's replica fetch (``replica=True``) reads up to the log end: it
+        wakes when a local append commits, and not for high-watermark moves (its answer
+        would hold nothing new)."""
         if self._closing or timeout_s <= 0:
             return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        table = self._replica_waiters if replica else self._waiters
         registered = list(set(keys))
         for key in registered:
-            self._waiters.setdefault(key, set()).add(waiter)
+            table.setdefault(key, set()).add(waiter)
+        # The task awaits the waiter itself, so a wake resumes it in the next loop iteration.
+        timer = loop.call_later(timeout_s, _resolve, waiter)
         try:
-            await asyncio.wait([waiter], timeout=timeout_s)
+            await waiter
         finally:
+            timer.cancel()
             for key in registered:
-                waiting = self._waiters.get(key)
+                waiting = table.get(key)
                 if waiting is not None:
                     waiting.discard(waiter)
                     if not waiting:
-                        del self._waiters[key]
+                        del table[key]
 
     def wake(self, key: PartitionKey) -> None:
-        """Answer the long polls waiting on ``key`` (its high watermark moved)."""
-        self._wake(key)
+        """Answer the consumers' long polls waiting on ``key`` (its high watermark moved)."""
+        self._wake_consumers(key)
 
     def _wake(self, key: PartitionKey) -> None:
+        self._wake_replicas(key)
+        self._wake_consumers(key)
+
+    def _wake_consumers(self, key: PartitionKey) -> None:
         for waiter in self._waiters.pop(key, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake_replicas(self, key: PartitionKey) -> None:
+        for waiter in self._replica_waiters.pop(key, ()):
             if not waiter.done():
                 waiter.set_result(None)
 
@@ -341,7 +394,7 @@ class PartitionManager:
         self._closing = True
         if self._reconcile_task is not None:
             self._reconcile_task.cancel()
-        for key in list(self._waiters):
+        for key in list(self._waiters) + list(self._replica_waiters):
             self._wake(key)
 
     # -- retention ------------------------------------------------------------------------
@@ -366,3 +419,8 @@ class PartitionManager:
                 logger.warning("node %d retention of %s-%d failed: %s", self.node_id, name, index, exc)
         if pending:
             logger.info("node %d applied retention to %d partitions", self.node_id, len(pending))
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

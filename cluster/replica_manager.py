@@ -22,7 +22,9 @@ Leader events, all on the event loop:
     replica Fetch --on_replica_fetch(key, follower, fetch_offset, leader_epoch, log, now_ms)
         --> error code (stale epoch, not the leader, offset past our log end) or NONE; HW as above
     acks=all produce --check_acks_all(key, min isr) before the append (NOT_ENOUGH_REPLICAS),
-        then ``await wait_for_acks_all(key, required_offset, min isr, timeout_ms)``
+        then ``await wait_for_acks_all(key, required_offset, min isr, timeout_ms)``: the
+        produce task awaits its waiter's future directly (a timer resolves it on timeout),
+        so the Fetch that moves the high watermark resumes it in the next loop iteration
     ISR check (every ``ISR_CHECK_INTERVAL_MS``) --isr_changes(now_ms)--> AlterPartition
         requests; ``isr_change_failed(key)`` when one is refused, the image confirms the rest
 
@@ -246,14 +248,20 @@ class ReplicaManager:
             return errors.NOT_LEADER_OR_FOLLOWER
         outcome = state.acks_all_outcome(required_offset, min_insync_replicas)
         if outcome is None:
-            future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            # The produce task awaits the waiter's future itself: ``_publish`` resolving it
+            # resumes the task in the next loop iteration (a wait_for/shield chain would add
+            # two iterations and a task per request). The timeout is a timer that resolves
+            # the same future.
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[str] = loop.create_future()
             waiter = _AcksWaiter(required_offset, min_insync_replicas, future)
             self._waiters.setdefault(key, []).append(waiter)
+            timer = loop.call_later(max(timeout_ms, 0) / 1000, _resolve, future,
+                                    errors.error_name(errors.REQUEST_TIMED_OUT))
             try:
-                outcome = await asyncio.wait_for(asyncio.shield(future), max(timeout_ms, 0) / 1000)
-            except asyncio.TimeoutError:
-                outcome = errors.error_name(errors.REQUEST_TIMED_OUT)
+                outcome = await future
             finally:
+                timer.cancel()
                 waiting = self._waiters.get(key)
                 if waiting is not None and waiter in waiting:
                     waiting.remove(waiter)
@@ -295,3 +303,8 @@ class ReplicaManager:
             await asyncio.wait(tasks, timeout=5)
             for task in tasks:
                 task.cancel()
+
+
+def _resolve(future: asyncio.Future[str], outcome: str) -> None:
+    if not future.done():
+        future.set_result(outcome)

@@ -158,3 +158,77 @@ def test_no_partition_is_deleted_against_an_image_older_than_the_last_reconciled
         await asyncio.to_thread(store.close)
 
     asyncio.run(scenario())
+
+
+class HeldHighWatermark:
+    """A replica manager whose followers have not caught up: the high watermark stays put
+    on the leader's appends until ``advance`` moves it."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def high_watermark(self, key, log) -> int:
+        return self.value
+
+    def on_leader_append(self, key, log) -> None:
+        pass
+
+    def advance(self, log, offset: int) -> None:
+        self.value = offset
+        log.set_high_watermark(offset)
+
+
+def test_a_commit_wakes_the_followers_fetches_and_a_high_watermark_move_the_consumers(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = LogStore(tmp_path / "log")
+        manager = PartitionManager(1, store)
+        replicas = HeldHighWatermark()
+        manager.replicas = replicas
+        await manager.reconcile(image_with({"a": 1}))
+        log = manager.get("id-a", 0)
+        assert log is not None
+        key = ("id-a", 0)
+        follower = asyncio.create_task(manager.wait_for_data([key], 20.0, replica=True))
+        consumer = asyncio.create_task(manager.wait_for_data([key], 20.0))
+        await asyncio.sleep(0.05)
+        await manager.append(log, batch([b"a"]), 0)
+        await asyncio.wait_for(follower, 5)  # new data past its fetch offset
+        await asyncio.sleep(0.05)
+        assert not consumer.done()  # nothing new below the high watermark yet
+        second_follower = asyncio.create_task(manager.wait_for_data([key], 20.0, replica=True))
+        await asyncio.sleep(0.05)
+        replicas.advance(log, 1)
+        manager.wake(key)  # what the Fetch handler does when a follower moved the high watermark
+        await asyncio.wait_for(consumer, 5)
+        await asyncio.sleep(0.05)
+        assert not second_follower.done()  # its answer would hold nothing new
+        manager.wake_all()
+        await asyncio.wait_for(second_follower, 5)
+        store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_group_commit_reaches_the_loop_in_one_hop_not_one_per_batch(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = LogStore(tmp_path / "log")
+        manager = PartitionManager(1, store)
+        await manager.reconcile(image_with({"a": 4}))
+        logs = [manager.get("id-a", i) for i in range(4)]
+        hops = 0
+        run_completed = manager._run_completed
+
+        def counting() -> None:
+            nonlocal hops
+            hops += 1
+            run_completed()
+
+        manager._run_completed = counting  # type: ignore[method-assign]
+        appends = [manager.append(logs[i % 4], batch([b"v%d" % i]), 0) for i in range(50)]
+        results = await asyncio.wait_for(asyncio.gather(*appends), 10)
+        assert sorted((r.base_offset for r in results)) == sorted(i // 4 for i in range(50))
+        assert 1 <= hops < 50
+        assert all(manager.high_watermark(log) == log.log_end_offset for log in logs)
+        store.close()
+
+    asyncio.run(scenario())
