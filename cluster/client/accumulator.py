@@ -29,7 +29,8 @@ The sender (``drain``) takes the head batch of each ready partition whose leader
 and whose leader has room for another request in flight, together with the batches queued
 behind it as long as they fit in ``request_bytes_max`` (the producer's
 ``max_request_size``), and *mutes* the partition until the response arrives (``requeue``
-or ``release``). One request at a time per partition, so a retried batch can never be
+or ``release``); a batch marked ``alone`` (its shared record set was refused) goes by
+itself. One request at a time per partition, so a retried batch can never be
 overtaken by a later one of the same partition: per-partition order holds across retries,
 with several requests in flight to one broker as long as they carry different partitions.
 Sending the queued batches of a partition together (the node appends them in order, at
@@ -282,8 +283,8 @@ class RecordAccumulator:
                 self.muted.add(key)
             taken = out.setdefault(leader, [])
             taken.append(head)
-            room = self.request_bytes_max - head.size_bytes
-            while queue and queue[0].size_bytes <= room and queue[0].retry_at_s <= now_s:
+            room = 0 if head.alone else self.request_bytes_max - head.size_bytes
+            while queue and queue[0].size_bytes <= room and queue[0].retry_at_s <= now_s and not queue[0].alone:
                 room -= queue[0].size_bytes
                 taken.append(queue.popleft())
         return out, leader_unknown

@@ -40,7 +40,7 @@ class ProducerBatch:
     __slots__ = (
         "topic", "partition", "records", "size_bytes", "created_s", "attempts", "retry_at_s",
         "encoded", "base_offset", "log_append_time_ms", "error", "done_event", "callbacks",
-        "last_error", "room_bytes", "capacity_bytes",
+        "last_error", "room_bytes", "capacity_bytes", "parts", "alone",
     )
 
     def __init__(self, topic: str, partition: int, created_s: float, room_bytes: int = 0) -> None:
@@ -60,6 +60,8 @@ class ProducerBatch:
         self.last_error: BaseException | None = None
         self.done_event = threading.Event()
         self.callbacks: list[tuple[int, Callable[[Any], Any], bool]] | None = None
+        self.parts = 1  # wire batches the records are cut into (more after MESSAGE_TOO_LARGE)
+        self.alone = False  # sent in a record set of its own (after a refusal of a shared one)
 
     def __repr__(self) -> str:
         return f"ProducerBatch({self.topic}-{self.partition}, {len(self.records)} records, attempts={self.attempts})"

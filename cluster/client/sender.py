@@ -19,7 +19,12 @@ fill or linger while their partition is free, retries after their backoff, failu
 expiry, metadata.
 
 A request carries, per partition, the batches ``drain`` took for it, encoded once each and
-concatenated in queue order into the partition's record set; the node appends them in that
+concatenated in queue order into the partition's record set (a batch the node refused as
+MESSAGE_TOO_LARGE, e.g. a topic whose max.message.bytes is below ``batch_size``, is encoded
+again as twice as many wire batches of its records and sent again, until each wire batch
+is one record: only a record that is too large by itself fails); when the node refuses a
+record set that several batches shared with an error that is not retriable, each of them
+is sent again by itself, so one bad batch does not fail the others; the node appends them in that
 order at consecutive offsets and answers with the first one's base offset, so batch k
 starts at that offset plus the records of the batches before it. Per partition:
 success completes its batches (record offset = batch base offset + index); a retriable
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from typing import Any, Callable
 
 from cluster.client import errors
@@ -51,6 +57,17 @@ from storage.batch import encode_batch
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S_MAX = 1.0  # the sender re-checks metadata age at least this often
+
+
+def _encode(records: list, parts: int) -> bytes:
+    """The records as ``parts`` consecutive wire batches of about equal counts (one record
+    set: the node appends them in order at consecutive offsets, so record i of the batch
+    still lands at base offset + i)."""
+    if parts == 1:
+        return encode_batch(records)
+    count = len(records)
+    bounds = [count * i // parts for i in range(parts + 1)]
+    return b"".join(encode_batch(records[start:end]) for start, end in zip(bounds, bounds[1:]))
 
 
 class _InlineSend(threading.local):
@@ -190,7 +207,7 @@ class Sender:
         record_sets: dict[tuple[str, int], list[bytes]] = {}
         for batch in batches:
             if batch.encoded is None:
-                batch.encoded = encode_batch(batch.records)
+                batch.encoded = _encode(batch.records, batch.parts)
             batch.attempts += 1
             record_sets.setdefault((batch.topic, batch.partition), []).append(batch.encoded)
         topics: dict[str, list[dict[str, Any]]] = {}
@@ -227,6 +244,7 @@ class Sender:
                     results[(topic["name"], p["index"])] = p
             whole_error = body.get("error_code", 0)
             next_base: dict[tuple[str, int], int] = {}  # a partition's batches are in request order
+            shared = Counter((b.topic, b.partition) for b in batches)
             for batch in batches:
                 key = (batch.topic, batch.partition)
                 p = results.get(key)
@@ -237,7 +255,12 @@ class Sender:
                     self._classify(batch, error, now_s, retry, failed)
                 elif p.get("error_code", 0):
                     error = errors.error_for_code(p["error_code"], p.get("error_message"))
-                    self._classify(batch, error, now_s, retry, failed)
+                    if shared[key] > 1 and not getattr(error, "retriable", False):
+                        self._resend_alone(batch, error, retry)
+                    elif p["error_code"] == errors.MESSAGE_TOO_LARGE and batch.parts < len(batch.records):
+                        self._split(batch, error, retry)
+                    else:
+                        self._classify(batch, error, now_s, retry, failed)
                 else:
                     base_offset = next_base.get(key, p["base_offset"])
                     if base_offset >= 0:
@@ -280,6 +303,27 @@ class Sender:
                 self._send_drained(ready)
             finally:
                 _inline.active = False
+
+    @staticmethod
+    def _resend_alone(batch: ProducerBatch, error: BaseException, retry: list[ProducerBatch]) -> None:
+        """A refusal of a record set that several batches shared (e.g. one of them too large)
+        says nothing about which: each goes again by itself (not counted as a retry), and
+        gets its own answer."""
+        batch.alone = True
+        batch.attempts -= 1
+        batch.last_error = error
+        retry.append(batch)
+
+    @staticmethod
+    def _split(batch: ProducerBatch, error: BaseException, retry: list[ProducerBatch]) -> None:
+        """A batch over the topic's max.message.bytes goes again cut into twice as many wire
+        batches (not counted as a retry); a single record over it fails."""
+        batch.parts = min(len(batch.records), batch.parts * 2)
+        batch.encoded = None
+        batch.attempts -= 1
+        batch.last_error = error
+        log.debug("splitting %r into %d batches after %s", batch, batch.parts, error)
+        retry.append(batch)
 
     def _classify(self, batch: ProducerBatch, error: BaseException, now_s: float,
                   retry: list[ProducerBatch], failed: list[tuple[ProducerBatch, BaseException]]) -> None:

@@ -97,6 +97,24 @@ def test_send_refuses_bad_records_at_once(shared_node, make_topic) -> None:
         producer.send(topic, value=b"after close")
 
 
+def test_a_batch_over_the_topics_message_limit_is_split_not_failed(shared_node, make_topic) -> None:
+    """batch_size above the topic's max.message.bytes: the node refuses the batch as
+    MESSAGE_TOO_LARGE and the producer sends it again as smaller wire batches; only a record
+    too large by itself fails. Offsets stay those of the records' order."""
+    topic = make_topic(1, {"max.message.bytes": "2048"})
+    with Producer(bootstrap_servers=shared_node.bootstrap, acks="all", linger_ms=50, batch_size=64 * 1024) as producer:
+        futures = [producer.send(topic, value=b"%04d" % i + b"." * 96) for i in range(300)]
+        producer.flush(timeout=30)
+        assert [f.get(timeout=1).offset for f in futures] == list(range(300))
+        too_big = producer.send(topic, value=b"x" * 4000)
+        with pytest.raises(errors.MessageTooLargeError):
+            too_big.get(timeout=30)
+        assert producer.metrics()["failed_records"] == 1
+    with Consumer(topic, bootstrap_servers=shared_node.bootstrap, auto_offset_reset="earliest") as consumer:
+        records = drain(consumer, 300)
+    assert [(r.offset, r.value[:4]) for r in records] == [(i, b"%04d" % i) for i in range(300)]
+
+
 def test_seek_positions_and_offset_lookups(shared_node, make_topic) -> None:
     topic = make_topic(1)
     tp = TopicPartition(topic, 0)

@@ -272,3 +272,43 @@ def test_produce_without_futures_delivers_in_order_and_reports_failures() -> Non
             assert error is None and metadata.offset == 50 and metadata.topic == "t"
     finally:
         cluster.broker.close()
+
+
+def test_a_refused_shared_record_set_is_resent_batch_by_batch() -> None:
+    """A non-retriable refusal of a record set several batches shared (one of them too large)
+    does not fail the others: each is sent again by itself and gets its own answer."""
+    from cluster.client.accumulator import RecordAccumulator
+    from cluster.client.sender import Sender
+
+    acc = RecordAccumulator(batch_size=100, linger_ms=0, buffer_memory=1 << 20, delivery_timeout_ms=60_000,
+                            retry_backoff_ms=0, request_bytes_max=250)
+    acc.set_partition_count("t", 1)
+    client = _StubClient()
+    sender = Sender(client, acc, acks=1, retries=0, request_timeout_ms=30_000, max_in_flight=5,  # type: ignore[arg-type]
+                    topics=lambda: {"t"})
+    futures = [acc.append("t", 0, None, (0, None, b"v%d" % i, None), 60, 1.0) for i in range(3)]
+    assert sender._run_once()
+
+    def answer(request: int, code: int, base: int = -1) -> None:
+        reply = {"topics": [{"name": "t", "partitions": [
+            {"index": 0, "error_code": code, "error_message": "scripted" if code else None, "base_offset": base}]}]}
+        reader = threading.Thread(target=client.requests[request][1].success, args=(reply,))
+        reader.start()
+        reader.join(timeout=10)
+
+    def values_of(request: int) -> list[bytes]:
+        (part,), = [t["partitions"] for t in client.requests[request][0]["topics"]]
+        return [r.value for b in split_batches(part["records"]) for r in decode_batch(b)]
+
+    assert values_of(0) == [b"v0", b"v1", b"v2"]
+    answer(0, errors.MESSAGE_TOO_LARGE)
+    wait_until(lambda: sender._run_once() and len(client.requests) == 2, 10)
+    assert values_of(1) == [b"v0"], "each batch goes by itself now"
+    answer(1, 0, base=7)
+    assert len(client.requests) == 3 and values_of(2) == [b"v1"]
+    answer(2, errors.MESSAGE_TOO_LARGE)
+    assert len(client.requests) == 4 and values_of(3) == [b"v2"]
+    answer(3, 0, base=8)
+    assert futures[0].get(timeout=1).offset == 7 and futures[2].get(timeout=1).offset == 8
+    with pytest.raises(errors.MessageTooLargeError):
+        futures[1].get(timeout=1)
