@@ -175,72 +175,69 @@ class _StubClient:
         return future
 
 
-def test_the_thread_that_reads_a_response_sends_what_it_freed() -> None:
-    """A response frees its partition and the reader sends the next batch at once, without
-    waking the sender thread (whose wake-up would wait for the GIL)."""
+def _stub_sender(records: int, *, retries: int = 3, retry_backoff_ms: int = 10, request_bytes_max: int = 0):
+    """A sender over a stub client (this thread plays the sender thread by calling
+    ``_run_once``), topic ``t`` with one partition, and the futures of ``records`` records
+    of 60 estimated bytes each in 100-byte batches: one record per batch."""
     from cluster.client.accumulator import RecordAccumulator
     from cluster.client.sender import Sender
 
     acc = RecordAccumulator(batch_size=100, linger_ms=0, buffer_memory=1 << 20, delivery_timeout_ms=60_000,
-                            retry_backoff_ms=10)
+                            retry_backoff_ms=retry_backoff_ms, request_bytes_max=request_bytes_max)
     acc.set_partition_count("t", 1)
     client = _StubClient()
-    sender = Sender(client, acc, acks=1, retries=3, request_timeout_ms=30_000, max_in_flight=5,  # type: ignore[arg-type]
+    sender = Sender(client, acc, acks=1, retries=retries, request_timeout_ms=30_000, max_in_flight=5,  # type: ignore[arg-type]
                     topics=lambda: {"t"})
-    futures = [acc.append("t", 0, None, (0, None, b"v%d" % i, None), 60, 1.0) for i in range(3)]
+    futures = [acc.append("t", 0, None, (0, None, b"v%d" % i, None), 60, 1.0) for i in range(records)]
+    return client, sender, futures
+
+
+def _answer(client: _StubClient, request: int, code: int, base: int = -1) -> None:
+    """Complete a request's future from another thread, as a connection reader does."""
+    reply = {"topics": [{"name": "t", "partitions": [
+        {"index": 0, "error_code": code, "error_message": "scripted" if code else None, "base_offset": base,
+         "log_append_time_ms": -1}]}]}
+    reader = threading.Thread(target=client.requests[request][1].success, args=(reply,))
+    reader.start()
+    reader.join(timeout=10)
+
+
+def _values_of(client: _StubClient, request: int) -> list[bytes]:
+    (part,), = [t["partitions"] for t in client.requests[request][0]["topics"]]
+    return [r.value for b in split_batches(part["records"]) for r in decode_batch(b)]
+
+
+def test_the_thread_that_reads_a_response_sends_what_it_freed() -> None:
+    """A response frees its partition and the reader sends the next batch at once, without
+    waking the sender thread (whose wake-up would wait for the GIL)."""
+    client, sender, futures = _stub_sender(3)
     assert sender._run_once()  # the sender thread is never started: this thread plays it once
     assert len(client.requests) == 1, "one batch per partition in flight"
 
     for i in range(3):
-        body, future = client.requests[i]
-        reply = {"topics": [{"name": "t", "partitions": [
-            {"index": 0, "error_code": 0, "base_offset": i, "log_append_time_ms": -1}]}]}
-        reader = threading.Thread(target=future.success, args=(reply,))
-        reader.start()
-        reader.join(timeout=10)
+        _answer(client, i, 0, base=i)
         assert futures[i].get(timeout=1).offset == i
         assert len(client.requests) == min(i + 2, 3), "the reader sent the next batch itself"
-    assert [decode_batch(split_batches(b["topics"][0]["partitions"][0]["records"])[0])[0].value
-            for b, _ in client.requests] == [b"v0", b"v1", b"v2"]
+    assert [_values_of(client, i) for i in range(3)] == [[b"v0"], [b"v1"], [b"v2"]]
 
 
 def test_queued_batches_of_a_partition_travel_in_one_request_and_keep_their_order() -> None:
     """The batches queued behind a partition's head go in the same request, up to the request
     limit; each gets its offsets from the first one's base offset, and a retry resends them
     together, in the same order."""
-    from cluster.client.accumulator import RecordAccumulator
-    from cluster.client.sender import Sender
-
-    acc = RecordAccumulator(batch_size=100, linger_ms=0, buffer_memory=1 << 20, delivery_timeout_ms=60_000,
-                            retry_backoff_ms=0, request_bytes_max=250)
-    acc.set_partition_count("t", 1)
-    client = _StubClient()
-    sender = Sender(client, acc, acks=1, retries=3, request_timeout_ms=30_000, max_in_flight=5,  # type: ignore[arg-type]
-                    topics=lambda: {"t"})
-    # 60 estimated bytes a record, 100 a batch: one record per batch, four fit in 250 bytes.
-    futures = [acc.append("t", 0, None, (0, None, b"v%d" % i, None), 60, 1.0) for i in range(6)]
+    # One record per batch, four batches fit in 250 bytes.
+    client, sender, futures = _stub_sender(6, retry_backoff_ms=0, request_bytes_max=250)
     assert sender._run_once()
-
-    def values_of(request: int) -> list[bytes]:
-        body, _ = client.requests[request]
-        (part,), = [t["partitions"] for t in body["topics"]]
-        return [r.value for b in split_batches(part["records"]) for r in decode_batch(b)]
-
-    assert len(client.requests) == 1 and values_of(0) == [b"v0", b"v1", b"v2", b"v3"]
-    retriable = {"topics": [{"name": "t", "partitions": [
-        {"index": 0, "error_code": errors.NOT_LEADER_OR_FOLLOWER, "error_message": "moved", "base_offset": -1}]}]}
-    client.requests[0][1].success(retriable)
+    assert len(client.requests) == 1 and _values_of(client, 0) == [b"v0", b"v1", b"v2", b"v3"]
+    client.requests[0][1].success({"topics": [{"name": "t", "partitions": [
+        {"index": 0, "error_code": errors.NOT_LEADER_OR_FOLLOWER, "error_message": "moved", "base_offset": -1}]}]})
     wait_until(lambda: sender._run_once() and len(client.requests) == 2, 10)
-    assert values_of(1) == [b"v0", b"v1", b"v2", b"v3"], "a retry keeps the batches together and in order"
+    assert _values_of(client, 1) == [b"v0", b"v1", b"v2", b"v3"], "a retry keeps the batches together and in order"
     assert not futures[0].done()
 
-    ok = {"topics": [{"name": "t", "partitions": [
-        {"index": 0, "error_code": 0, "base_offset": 10, "log_append_time_ms": -1}]}]}
-    reader = threading.Thread(target=client.requests[1][1].success, args=(ok,))
-    reader.start()
-    reader.join(timeout=10)
+    _answer(client, 1, 0, base=10)
     assert [f.get(timeout=1).offset for f in futures[:4]] == [10, 11, 12, 13]
-    assert len(client.requests) == 3 and values_of(2) == [b"v4", b"v5"], "the rest went next, together"
+    assert len(client.requests) == 3 and _values_of(client, 2) == [b"v4", b"v5"], "the rest went next, together"
 
 
 def test_produce_without_futures_delivers_in_order_and_reports_failures() -> None:
@@ -277,38 +274,17 @@ def test_produce_without_futures_delivers_in_order_and_reports_failures() -> Non
 def test_a_refused_shared_record_set_is_resent_batch_by_batch() -> None:
     """A non-retriable refusal of a record set several batches shared (one of them too large)
     does not fail the others: each is sent again by itself and gets its own answer."""
-    from cluster.client.accumulator import RecordAccumulator
-    from cluster.client.sender import Sender
-
-    acc = RecordAccumulator(batch_size=100, linger_ms=0, buffer_memory=1 << 20, delivery_timeout_ms=60_000,
-                            retry_backoff_ms=0, request_bytes_max=250)
-    acc.set_partition_count("t", 1)
-    client = _StubClient()
-    sender = Sender(client, acc, acks=1, retries=0, request_timeout_ms=30_000, max_in_flight=5,  # type: ignore[arg-type]
-                    topics=lambda: {"t"})
-    futures = [acc.append("t", 0, None, (0, None, b"v%d" % i, None), 60, 1.0) for i in range(3)]
+    client, sender, futures = _stub_sender(3, retries=0, retry_backoff_ms=0, request_bytes_max=250)
     assert sender._run_once()
-
-    def answer(request: int, code: int, base: int = -1) -> None:
-        reply = {"topics": [{"name": "t", "partitions": [
-            {"index": 0, "error_code": code, "error_message": "scripted" if code else None, "base_offset": base}]}]}
-        reader = threading.Thread(target=client.requests[request][1].success, args=(reply,))
-        reader.start()
-        reader.join(timeout=10)
-
-    def values_of(request: int) -> list[bytes]:
-        (part,), = [t["partitions"] for t in client.requests[request][0]["topics"]]
-        return [r.value for b in split_batches(part["records"]) for r in decode_batch(b)]
-
-    assert values_of(0) == [b"v0", b"v1", b"v2"]
-    answer(0, errors.MESSAGE_TOO_LARGE)
+    assert _values_of(client, 0) == [b"v0", b"v1", b"v2"]
+    _answer(client, 0, errors.MESSAGE_TOO_LARGE)
     wait_until(lambda: sender._run_once() and len(client.requests) == 2, 10)
-    assert values_of(1) == [b"v0"], "each batch goes by itself now"
-    answer(1, 0, base=7)
-    assert len(client.requests) == 3 and values_of(2) == [b"v1"]
-    answer(2, errors.MESSAGE_TOO_LARGE)
-    assert len(client.requests) == 4 and values_of(3) == [b"v2"]
-    answer(3, 0, base=8)
+    assert _values_of(client, 1) == [b"v0"], "each batch goes by itself now"
+    _answer(client, 1, 0, base=7)
+    assert len(client.requests) == 3 and _values_of(client, 2) == [b"v1"]
+    _answer(client, 2, errors.MESSAGE_TOO_LARGE)
+    assert len(client.requests) == 4 and _values_of(client, 3) == [b"v2"]
+    _answer(client, 3, 0, base=8)
     assert futures[0].get(timeout=1).offset == 7 and futures[2].get(timeout=1).offset == 8
     with pytest.raises(errors.MessageTooLargeError):
         futures[1].get(timeout=1)
