@@ -22,8 +22,9 @@ lingered batch whose partition is busy stays open and keeps filling until the re
 frees the partition, so a partition's records ride in few large batches however long its
 round trips take. (Without ``request_bytes_max`` a partition with batches queued is busy
 too: each request then carries one batch, and closing a lingered batch behind a queue
-would cap the partition at one small batch per round trip.) Closing the sticky partition's batch, or finding it lingered on a busy partition,
-moves the topic's unkeyed records to another partition (one that can send, if any).
+would cap the partition at one small batch per round trip.) Closing the sticky
+partition's batch, or finding it lingered on a busy partition, moves the topic's unkeyed
+records to another partition (one that can send, if any).
 
 The sender (``drain``) takes the head batch of each ready partition whose leader is known
 and whose leader has room for another request in flight, together with the batches queued

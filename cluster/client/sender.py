@@ -19,14 +19,15 @@ fill or linger while their partition is free, retries after their backoff, failu
 expiry, metadata.
 
 A request carries, per partition, the batches ``drain`` took for it, encoded once each and
-concatenated in queue order into the partition's record set (a batch the node refused as
-MESSAGE_TOO_LARGE, e.g. a topic whose max.message.bytes is below ``batch_size``, is encoded
-again as twice as many wire batches of its records and sent again, until each wire batch
-is one record: only a record that is too large by itself fails); when the node refuses a
-record set that several batches shared with an error that is not retriable, each of them
-is sent again by itself, so one bad batch does not fail the others; the node appends them in that
+concatenated in queue order into the partition's record set; the node appends them in that
 order at consecutive offsets and answers with the first one's base offset, so batch k
-starts at that offset plus the records of the batches before it. Per partition:
+starts at that offset plus the records of the batches before it. Two refusals are answered
+by sending again, not counted as retries: a non-retriable refusal of a record set several
+batches shared says nothing about which one was bad, so each goes again by itself
+(``alone``); and a batch refused as MESSAGE_TOO_LARGE (e.g. a topic whose
+max.message.bytes is below ``batch_size``) is encoded again as twice as many wire batches
+of its records, until each wire batch is one record: only a record too large by itself
+fails. Per partition:
 success completes its batches (record offset = batch base offset + index); a retriable
 error puts them back, in order, at the head of their partition after ``retry_backoff_ms``
 (and asks for fresh metadata when the error says the leader moved) unless ``retries`` or
@@ -34,7 +35,7 @@ the delivery timeout are used up; any other error fails them. A lost connection 
 request with NETWORK_EXCEPTION, which is retriable: the batch is sent again, so a batch
 the node had written before the connection broke can be written twice (at-least-once; the
 idempotent producer will remove this). Order within a partition holds because the
-accumulator keeps at most one batch per partition in flight.
+accumulator keeps at most one request per partition in flight.
 
 With acks=0 there is no response: a batch is complete (offset -1) once its request is
 written to the socket.
@@ -211,9 +212,8 @@ class Sender:
             batch.attempts += 1
             record_sets.setdefault((batch.topic, batch.partition), []).append(batch.encoded)
         topics: dict[str, list[dict[str, Any]]] = {}
-        for (topic, partition), encoded in record_sets.items():
-            records = encoded[0] if len(encoded) == 1 else b"".join(encoded)
-            topics.setdefault(topic, []).append({"index": partition, "records": records})
+        for (topic, partition), encoded in record_sets.items():  # join returns a lone batch as is
+            topics.setdefault(topic, []).append({"index": partition, "records": b"".join(encoded)})
         body = {
             "acks": self.acks,
             "timeout_ms": self.request_timeout_ms,
@@ -256,9 +256,12 @@ class Sender:
                 elif p.get("error_code", 0):
                     error = errors.error_for_code(p["error_code"], p.get("error_message"))
                     if shared[key] > 1 and not getattr(error, "retriable", False):
-                        self._resend_alone(batch, error, retry)
+                        batch.alone = True  # which batch of the set was refused is unknown
+                        self._send_again(batch, error, retry)
                     elif p["error_code"] == errors.MESSAGE_TOO_LARGE and batch.parts < len(batch.records):
-                        self._split(batch, error, retry)
+                        batch.parts = min(len(batch.records), batch.parts * 2)
+                        batch.encoded = None
+                        self._send_again(batch, error, retry)
                     else:
                         self._classify(batch, error, now_s, retry, failed)
                 else:
@@ -305,24 +308,12 @@ class Sender:
                 _inline.active = False
 
     @staticmethod
-    def _resend_alone(batch: ProducerBatch, error: BaseException, retry: list[ProducerBatch]) -> None:
-        """A refusal of a record set that several batches shared (e.g. one of them too large)
-        says nothing about which: each goes again by itself (not counted as a retry), and
-        gets its own answer."""
-        batch.alone = True
+    def _send_again(batch: ProducerBatch, error: BaseException, retry: list[ProducerBatch]) -> None:
+        """Queue ``batch`` again, changed to meet a refusal (``alone`` or more ``parts``):
+        not counted as a retry."""
+        log.debug("sending %r again (alone=%s, parts=%d) after %s", batch, batch.alone, batch.parts, error)
         batch.attempts -= 1
         batch.last_error = error
-        retry.append(batch)
-
-    @staticmethod
-    def _split(batch: ProducerBatch, error: BaseException, retry: list[ProducerBatch]) -> None:
-        """A batch over the topic's max.message.bytes goes again cut into twice as many wire
-        batches (not counted as a retry); a single record over it fails."""
-        batch.parts = min(len(batch.records), batch.parts * 2)
-        batch.encoded = None
-        batch.attempts -= 1
-        batch.last_error = error
-        log.debug("splitting %r into %d batches after %s", batch, batch.parts, error)
         retry.append(batch)
 
     def _classify(self, batch: ProducerBatch, error: BaseException, now_s: float,
