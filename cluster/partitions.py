@@ -381,13 +381,11 @@ class PartitionManager:
 
     def _wake_consumers(self, key: PartitionKey) -> None:
         for waiter in self._waiters.pop(key, ()):
-            if not waiter.done():
-                waiter.set_result(None)
+            _resolve(waiter)
 
     def _wake_replicas(self, key: PartitionKey) -> None:
         for waiter in self._replica_waiters.pop(key, ()):
-            if not waiter.done():
-                waiter.set_result(None)
+            _resolve(waiter)
 
     def wake_all(self) -> None:
         """Shutdown: every long poll answers now with what it has."""

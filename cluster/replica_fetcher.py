@@ -361,7 +361,7 @@ def _all_done(futures: list[concurrent.futures.Future[Any]]) -> asyncio.Future[N
             if remaining[0]:
                 return
         try:
-            loop.call_soon_threadsafe(_resolve, done)
+            loop.call_soon_threadsafe(resolve, done)
         except RuntimeError:
             pass  # the loop closed meanwhile: the node is stopping
 
@@ -370,9 +370,11 @@ def _all_done(futures: list[concurrent.futures.Future[Any]]) -> asyncio.Future[N
     return done
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
+def resolve(future: asyncio.Future[Any], outcome: Any = None) -> None:
+    """Complete ``future`` with ``outcome`` unless something completed it first (a wake and
+    a timer may race)."""
     if not future.done():
-        future.set_result(None)
+        future.set_result(outcome)
 
 
 async def _wait_any(stopping: asyncio.Event, other: asyncio.Event | None, timeout_ms: int) -> None:

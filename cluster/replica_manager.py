@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from cluster.protocol import errors
-from cluster.replica_fetcher import FollowedPartition, ReplicaLog, ReplicaTransport, SourceFetcher
+from cluster.replica_fetcher import FollowedPartition, ReplicaLog, ReplicaTransport, SourceFetcher, resolve
 from cluster.replication import NONE, LeaderState
 from kraft.image import MetadataImage
 from kraft.records import NO_LEADER
@@ -256,7 +256,7 @@ class ReplicaManager:
             future: asyncio.Future[str] = loop.create_future()
             waiter = _AcksWaiter(required_offset, min_insync_replicas, future)
             self._waiters.setdefault(key, []).append(waiter)
-            timer = loop.call_later(max(timeout_ms, 0) / 1000, _resolve, future,
+            timer = loop.call_later(max(timeout_ms, 0) / 1000, resolve, future,
                                     errors.error_name(errors.REQUEST_TIMED_OUT))
             try:
                 outcome = await future
@@ -304,7 +304,3 @@ class ReplicaManager:
             for task in tasks:
                 task.cancel()
 
-
-def _resolve(future: asyncio.Future[str], outcome: str) -> None:
-    if not future.done():
-        future.set_result(outcome)
