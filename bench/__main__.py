@@ -37,9 +37,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         peer = nats_jetstream.not_requested(declined=args.peer == "none")
     result["peers"] = {nats_jetstream.PEER_KEY: peer}
-    path = report.finish(result, args.out_dir)
-    print(report.summary(result))
-    print(f"  result: {path}")
+    path = report.publish(result, args.out_dir)
     if args.no_chart:
         return 0
     png = chart.write_chart(json.loads(path.read_text()), path.with_suffix(".png"))
@@ -99,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result = perf.run_consume(records=args.records, record_size=args.record_size, partitions=args.partitions,
                                   bootstrap=args.bootstrap_server, progress=progress)
-    path = report.finish(result, args.out_dir)
-    print(report.summary(result))
-    print(f"  result: {path}")
+    report.publish(result, args.out_dir)
     return 0
 
 

@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from bench import perf, workers
+from bench import perf, report, workers
 from bench.histogram import Histogram
 from bench.nodes import BenchCluster
 from bench.workload import RATE_MAX, Workload
@@ -216,10 +216,9 @@ def _produce_figures(done: list[dict[str, Any]]) -> dict[str, Any]:
     failures = [f for d in done for f in d["failures"]]
     if failures:
         raise BenchError(f"produce failed: {failures[0]}")
-    return {"records": records, "seconds": seconds, "records_per_s": records / seconds,
-            "mb_per_s": nbytes / seconds / 1e6, "records_sent_total": sum(d["records_sent"] for d in done),
-            "publish_latency_ms": _merge([d["publish_latency_us"] for d in done]).summary(1000.0),
-            "publish_latency_sampled_every": max(d["sample_every"] for d in done)}
+    return report.throughput(records, nbytes, seconds, records_sent_total=sum(d["records_sent"] for d in done),
+                             publish_latency_ms=_merge([d["publish_latency_us"] for d in done]).summary(1000.0),
+                             publish_latency_sampled_every=max(d["sample_every"] for d in done))
 
 
 def run_workload(w: Workload, *, bootstrap: str | None = None, progress: bool = True,
@@ -283,9 +282,8 @@ def _run_live(w: Workload, spec: dict[str, Any], progress: bool, producer_main: 
         done = phase.done["consumer"]
         records = sum(d["records_in_window"] for d in done)
         nbytes = sum(d["bytes_in_window"] for d in done)
-        out["consume"] = {"records": records, "seconds": w.duration_s, "records_per_s": records / w.duration_s,
-                          "mb_per_s": nbytes / w.duration_s / 1e6,
-                          "records_total": sum(d["records"] for d in done)}
+        out["consume"] = report.throughput(records, nbytes, w.duration_s,
+                                           records_total=sum(d["records"] for d in done))
         out["e2e_latency_ms"] = _merge([d["e2e_latency_us"] for d in done]).summary(1000.0)
     return out
 
@@ -308,8 +306,7 @@ def _run_backlog(w: Workload, spec: dict[str, Any], progress: bool, producer_mai
         raise BenchError(f"backlog drain read {records} of {produced['records_sent_total']} records")
     seconds = max(d["last_record_s"] for d in done)
     return {"produce": produced,
-            "consume": {"records": records, "seconds": seconds, "records_per_s": records / seconds,
-                        "mb_per_s": sum(d["bytes"] for d in done) / seconds / 1e6},
+            "consume": report.throughput(records, sum(d["bytes"] for d in done), seconds),
             "series_records_per_interval": {"produce": produce.series_list("producer"),
                                             "consume": consume.series_list("consumer")},
             "series_interval_s": workers.REPORT_INTERVAL_S}

@@ -38,6 +38,7 @@ from typing import Any
 import lmdb
 from tqdm import tqdm
 
+from bench import report
 from bench.workers import value_bytes
 from cluster.client import Admin, Consumer, NewTopic, Producer, TopicPartition
 from cluster.client.connection import BrokerConnection, ResponseFuture, parse_address
@@ -74,15 +75,8 @@ def raw_lmdb_append(records: int, record_size: int, records_per_batch: int, batc
                 done += 1
     elapsed = time.perf_counter() - started
     env.close()
-    total_records = batches * records_per_batch
-    return {
-        "records": total_records,
-        "seconds": elapsed,
-        "records_per_s": total_records / elapsed,
-        "mb_per_s": batches * len(batch) / elapsed / 1e6,
-        "batch_bytes": len(batch),
-        "batches_per_txn": batches_per_txn,
-    }
+    return report.throughput(batches * records_per_batch, batches * len(batch), elapsed,
+                             batch_bytes=len(batch), batches_per_txn=batches_per_txn)
 
 
 class _Cluster:
@@ -142,12 +136,7 @@ def _produce(bootstrap: str, topic: str, records: int, record_size: int, acks: i
         failed = producer.metrics()["failed_records"]
     if failed:
         raise RuntimeError(f"produce failed: {failed} of {records} records were not acknowledged")
-    return {
-        "records": records,
-        "seconds": elapsed,
-        "records_per_s": records / elapsed,
-        "mb_per_s": records * record_size / elapsed / 1e6,
-    }
+    return report.throughput(records, records * record_size, elapsed)
 
 
 def run_produce(*, records: int, record_size: int, partitions: int, acks: int | str,
@@ -224,8 +213,7 @@ def _consume_all(bootstrap: str, topic: str, partitions: int, records: int, prog
             bar.update(n)
         elapsed = time.perf_counter() - started
         bar.close()
-    return {"records": count, "seconds": elapsed, "records_per_s": count / elapsed,
-            "mb_per_s": nbytes / elapsed / 1e6}
+    return report.throughput(count, nbytes, elapsed)
 
 
 # -- ingest of pre-built batches --------------------------------------------------------------
@@ -280,15 +268,8 @@ def _ingest(bootstrap: str, topic: str, partitions: int, batch: bytes, records_p
     elapsed = time.perf_counter() - started
     if errors:
         raise RuntimeError(f"ingest failed: {errors[0]}")
-    records = batches * records_per_batch
-    return {
-        "records": records,
-        "seconds": elapsed,
-        "records_per_s": records / elapsed,
-        "mb_per_s": batches * len(batch) / elapsed / 1e6,
-        "batches": batches,
-        "requests_per_s": batches / elapsed,
-    }
+    return report.throughput(batches * records_per_batch, batches * len(batch), elapsed,
+                             batches=batches, requests_per_s=batches / elapsed)
 
 
 def run_ingest(*, records: int, record_size: int, partitions: int, acks: int | str = 1,
@@ -329,7 +310,6 @@ def run_ingest(*, records: int, record_size: int, partitions: int, acks: int | s
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.perf ingest``: the broker's ingest of pre-built batches."""
-    from bench import report  # the CLI only: run_* stay free of printing
 
     parser = argparse.ArgumentParser(prog="python -m bench.perf")
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -350,9 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                         acks=args.acks, bootstrap=args.bootstrap_server, batch_size=args.batch_size,
                         connections=args.connections, in_flight=args.in_flight,
                         batches_per_txn=args.batches_per_txn)
-    path = report.finish(result, args.out_dir)
-    print(report.summary(result))
-    print(f"  result: {path}")
+    report.publish(result, args.out_dir)
     return 0
 
 

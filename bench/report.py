@@ -1,7 +1,8 @@
 """Benchmark results: the machine and revision they were measured on, printed and saved as JSON.
 
 ``finish`` stamps a result dict with the git revision, the machine (cores, memory) and the
-time and writes it under ``bench/results`` (or ``out_dir``); ``summary`` renders a result of
+time and writes it under ``bench/results`` (or ``out_dir``); ``publish`` also prints it;
+``throughput`` builds the records/s and MB/s figures every run reports; ``summary`` renders a result of
 ``bench.perf`` (produce/consume) or ``bench.harness`` (a workload run, or a compare run) as
 text, with the runs and ratios of any peer system (``bench.peers``) that ran beside it.
 """
@@ -36,6 +37,20 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def throughput(records: int, nbytes: float, seconds: float, **more: Any) -> dict[str, Any]:
+    """The figures of one direction (produce or consume) that ``summary`` prints."""
+    return {"records": records, "seconds": seconds, "records_per_s": records / seconds,
+            "mb_per_s": nbytes / seconds / 1e6, **more}
+
+
+def publish(result: dict[str, Any], out_dir: Path | None = None) -> Path:
+    """``finish`` the result, print its summary and where it was saved; the path."""
+    path = finish(result, out_dir)
+    print(summary(result))
+    print(f"  result: {path}")
+    return path
 
 
 def finish(result: dict[str, Any], out_dir: Path | None = None) -> Path:
