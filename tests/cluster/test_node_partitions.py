@@ -160,6 +160,15 @@ def test_no_partition_is_deleted_against_an_image_older_than_the_last_reconciled
     asyncio.run(scenario())
 
 
+async def registered(manager: PartitionManager, key, *, replica: bool, count: int = 1) -> None:
+    """Poll (with a deadline) until ``count`` long polls of that kind wait on ``key``."""
+    table = manager._replica_waiters if replica else manager._waiters
+    deadline = time.monotonic() + 5
+    while len(table.get(key, ())) < count:
+        assert time.monotonic() < deadline, "the long poll never registered"
+        await asyncio.sleep(0.001)
+
+
 class HeldHighWatermark:
     """A replica manager whose followers have not caught up: the high watermark stays put
     on the leader's appends until ``advance`` moves it."""
@@ -190,13 +199,14 @@ def test_a_commit_wakes_the_followers_fetches_and_a_high_watermark_move_the_cons
         key = ("id-a", 0)
         follower = asyncio.create_task(manager.wait_for_data([key], 20.0, replica=True))
         consumer = asyncio.create_task(manager.wait_for_data([key], 20.0))
-        await asyncio.sleep(0.05)
+        await registered(manager, key, replica=True)
+        await registered(manager, key, replica=False)
         await manager.append(log, batch([b"a"]), 0)
         await asyncio.wait_for(follower, 5)  # new data past its fetch offset
         await asyncio.sleep(0.05)
         assert not consumer.done()  # nothing new below the high watermark yet
         second_follower = asyncio.create_task(manager.wait_for_data([key], 20.0, replica=True))
-        await asyncio.sleep(0.05)
+        await registered(manager, key, replica=True)
         replicas.advance(log, 1)
         manager.wake(key)  # what the Fetch handler does when a follower moved the high watermark
         await asyncio.wait_for(consumer, 5)
