@@ -142,7 +142,9 @@ class NodeProcess:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def start(self, wait: bool = True) -> "NodeProcess":
+    def start(self, wait: bool = True, timeout_s: float = NODE_START_TIMEOUT_S) -> "NodeProcess":
+        """Start the node; with ``wait``, until it answers, killing it if it does not in time
+        (the caller never holds it, so nothing else would)."""
         assert not self.running, "node already running"
         started = time.monotonic()
         with open(self.log_path, "ab") as log:
@@ -152,7 +154,11 @@ class NodeProcess:
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready(timeout_s)
+            except BaseException:
+                self.kill9()
+                raise
             self.ready_seconds = time.monotonic() - started
         return self
 
