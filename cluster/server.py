@@ -43,7 +43,7 @@ import asyncio
 import collections
 import logging
 import socket
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol, cast
 
 from cluster.protocol import errors, framing
 from cluster.protocol.framing import RequestHeader
@@ -97,8 +97,8 @@ class FrameProtocol(asyncio.BufferedProtocol):
     # -- asyncio callbacks ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's do not subclass asyncio.Transport, but behave as one).
+        self.transport = cast(asyncio.Transport, transport)
         if self._connected is not None:
             self._connected(self)
 

@@ -22,7 +22,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "kraft": ("kraft", "msgpack", "pysyncobj"),
     "cluster/client": ("cluster.client", "cluster.protocol", "storage.batch", "msgpack", "crc32c"),
     "cluster/protocol": ("cluster.protocol", "msgpack"),
-    "cluster": ("cluster", "storage", "kraft", "msgpack", "lmdb", "pysyncobj"),
+    "cluster": ("cluster", "storage", "kraft", "msgpack", "lmdb", "pysyncobj", "uvloop"),
     "bench": ("bench", "cluster.client", "cluster.launcher", "cluster.devcluster", "cluster.protocol",
               "storage.batch", "lmdb", "tqdm", "msgpack", "matplotlib", "nats"),  # nats: optional peer
 }
