@@ -70,6 +70,23 @@ HEADER_OVERHEAD_BYTES = 8
 TopicPartitionKey = tuple[str, int]
 
 
+def _seal(batch: ProducerBatch) -> None:
+    """Freeze an open batch's records (lock held). ``sealed`` goes first: an appender that
+    reads it False after its append appended before the copy, so its record is in it."""
+    batch.sealed = True
+    batch.records = list(batch.open_records)
+    # After the copy: every copied record's size was taken from the room before its append.
+    batch.size_bytes = batch.capacity_bytes - batch.room_bytes
+
+
+def _index_of(records: list, record: tuple) -> int:
+    """The position of this very tuple (equal ones may be elsewhere), -1 if absent."""
+    for index in range(len(records) - 1, -1, -1):
+        if records[index] is record:
+            return index
+    return -1
+
+
 class RecordAccumulator:
     def __init__(
         self,
@@ -127,25 +144,60 @@ class RecordAccumulator:
 
     def append(self, topic: str, partition: int | None, key: bytes | None, record: tuple, size: int,
                max_block_s: float) -> RecordFuture:
-        """Add one record (``partition`` None: keyed hash or sticky choice).
+        """Add one record (``partition`` None: keyed hash or sticky choice) without the lock
+        unless its batch is full or missing, or was sealed under it (see the module docs).
 
-        The producer's ``send`` inlines exactly these steps for speed; tests drive this one.
+        The producer's ``send`` and ``produce`` inline these steps for unkeyed records.
         """
         batches = self.open[topic]
-        if partition is None:
-            key_hash = -1 if key is None else positive_murmur2(key)
+        sticky = partition is None and key is None
+        if sticky:
+            partition = -1  # chosen under the lock if the slow path runs
+            batch = self.sticky_slots[topic][0]
         else:
-            key_hash = -2  # placed explicitly: never follows the sticky partition
-        with self.lock:
             if partition is None:
-                partition = self._sticky_current[topic] if key_hash < 0 else key_hash % len(batches)
+                partition = positive_murmur2(key) % len(batches)
             batch = batches[partition]
+        if batch is None or batch.room_bytes < size:
+            return RecordFuture(self.append_locked(topic, partition, sticky, record, size, max_block_s))
+        batch.room_bytes -= size
+        records = batch.open_records
+        records.append(record)
+        index = len(records) - 1
+        if batch.sealed or records[index] is not record:
+            return RecordFuture(self.place_late(batch, topic, partition, sticky, record, size, max_block_s))
+        return RecordFuture((batch, index))
+
+    def append_locked(self, topic: str, partition: int, sticky: bool, record: tuple, size: int,
+                      max_block_s: float) -> tuple[ProducerBatch, int]:
+        """The slow path of ``append``: under the lock, into a batch with room (opened if need
+        be); a ``sticky`` record goes to the topic's sticky partition. Returns its place."""
+        with self.lock:
+            if sticky:
+                partition = self._sticky_current[topic]
+            batch = self.open[topic][partition]
             if batch is None or batch.room_bytes < size:
-                batch = self.batch_with_room(topic, partition, key_hash == -1, size, max_block_s)
+                batch = self.batch_with_room(topic, partition, sticky, size, max_block_s)
+            assert not batch.sealed, "an open batch is sealed only when it leaves open[]"
             batch.room_bytes -= size
-            records = batch.records
+            records = batch.open_records
             records.append(record)
-            return RecordFuture((batch, len(records) - 1))
+            index = len(records) - 1
+            if records[index] is not record:  # a lock-free append came in between
+                index = _index_of(records, record)
+            return batch, index
+
+    def place_late(self, batch: ProducerBatch, topic: str, partition: int, sticky: bool, record: tuple,
+                   size: int, max_block_s: float) -> tuple[ProducerBatch, int]:
+        """Find where a lock-free append landed: in ``batch`` if the seal's copy holds it,
+        else (it came after the copy) appended again under the lock, to the partition's
+        open batch (the topic's sticky one for a ``sticky`` record)."""
+        with self.lock:
+            # Sealing happens under the lock: holding it, ``records`` is the final copy.
+            index = _index_of(batch.records, record)
+        if index >= 0:
+            return batch, index
+        return self.append_locked(topic, partition, sticky, record, size, max_block_s)
 
     def batch_with_room(self, topic: str, partition: int, sticky: bool, size: int,
                         max_block_s: float) -> ProducerBatch:
@@ -188,7 +240,7 @@ class RecordAccumulator:
         topic, partition = batch.topic, batch.partition
         batches = self.open[topic]
         batches[partition] = None
-        batch.size_bytes = batch.capacity_bytes - batch.room_bytes
+        _seal(batch)
         self.buffered_bytes += batch.size_bytes
         key = (topic, partition)
         queue = self.ready.get(key)
@@ -351,6 +403,8 @@ class RecordAccumulator:
         for batches in self.open.values():
             for i, batch in enumerate(batches):
                 if batch is not None:
+                    _seal(batch)
+                    self.buffered_bytes += batch.size_bytes  # release() takes it off again
                     out.append(batch)
                     batches[i] = None
         for slot in self.sticky_slots.values():
