@@ -5,14 +5,33 @@ Theory of operation
 Each partition has at most one *open* batch (``open[topic][partition]``) that ``append``
 adds records to, and a FIFO of *ready* batches (``ready[(topic, partition)]``) that are
 closed and wait for the sender. ``append`` is the producer's hot path (``Producer.send``
-inlines the same steps): under the one lock it appends a ``(timestamp_ms, key, value,
-headers)`` tuple to the open batch's list, subtracts the record's estimated size from the
-batch's room, and returns a ``RecordFuture`` tuple; it neither encodes nor allocates per
-record beyond those two tuples. Everything else (a full batch, a new batch, waiting for
-memory) is ``batch_with_room``, the slow path. ``sticky_slots[topic]`` is a one-element
-list holding the open batch of the topic's sticky partition (or None), kept in step with
-``open`` and the sticky choice by every method that changes either, so the producer's
-unkeyed fast path finds its batch with one dict lookup.
+and ``produce`` inline the same steps) and takes no lock: it reads the open batch,
+subtracts the record's estimated size from the batch's room, appends a ``(timestamp_ms,
+key, value, headers)`` tuple to the batch's ``open_records`` list (one ``list.append``,
+atomic under the GIL) and returns a ``RecordFuture`` tuple; it neither encodes nor
+allocates per record beyond those two tuples. Everything else (a full batch, a new batch,
+waiting for memory) is ``append_locked``, the slow path, under ``lock``.
+``sticky_slots[topic]`` is a one-element list holding the open batch of the topic's sticky
+partition (or None), kept in step with ``open`` and the sticky choice by every method that
+changes either, so the unkeyed fast path finds its batch with one dict lookup.
+
+Closing without losing a concurrent append. The sender (linger, flush), a reader thread
+(after a response) and an appender (a full batch) close batches, always under the lock,
+while other appenders may be between reading a batch and appending to it. Closing *seals*
+the batch (``_seal``): it sets ``sealed``, then copies ``open_records`` into ``records``,
+the list that travels and that no appender holds. An appender checks ``sealed`` after its
+append. Reading False means its append came before the flag was set, hence before the
+copy: the record is in the batch. Reading True (rare), it takes the lock (so the copy is
+done) and looks for its own tuple, by identity, in the copy (``place_late``): found, it
+stays; missing (the append came after the copy), it is appended again through the slow
+path, to the partition's current open batch (the topic's sticky one for an unkeyed
+record), before ``append`` returns. So a record travels exactly once, and each thread's
+records keep their order per partition. A future's index is ``len(open_records) - 1``
+after the append, checked by identity because another thread may have appended in between.
+``room_bytes`` is decremented without the lock too: two appenders at once may lose one
+decrement, letting a batch take a record more than its estimate; the estimate's
+per-record margin covers that, and a batch the node still refuses as too large is split
+(see ``sender``).
 
 A batch closes when the next record would push its estimated size past ``batch_size``
 (``append`` starts a new one; a record larger than ``batch_size`` gets a batch of its own),
@@ -42,12 +61,15 @@ and are never retried.)
 Memory: ``buffered_bytes`` counts the estimated bytes of every closed, incomplete batch
 (open batches add at most ``batch_size`` per partition); when opening a batch would pass
 ``buffer_memory``, ``append`` waits (up to ``max_block_s``) for batches to complete. No
-per-record accounting: a batch tracks only the room it has left. Batches waiting in ``ready`` longer than ``delivery_timeout_ms`` since creation
-are expired by ``expire``.
+per-record accounting: a batch tracks only the room it has left, and its size is known
+when it is sealed. Batches waiting in ``ready`` longer than ``delivery_timeout_ms`` since
+creation are expired by ``expire``.
 
 Decision methods (``close_due``, ``drain``, ``expire``, ``next_wake_s``) take ``now_s`` and
 do no I/O; they are called with ``lock`` held. ``clock`` (``time.monotonic`` by default)
-is read only when ``append`` creates a batch.
+is read only when a batch is created. The lock guards everything but the open batches'
+``open_records`` and ``room_bytes``: ``open``, ``ready``, ``muted``, memory, the sticky
+choice, and the sealing of a batch.
 """
 
 from __future__ import annotations
