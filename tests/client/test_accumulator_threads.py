@@ -117,6 +117,7 @@ def run_appenders(acc: RecordAccumulator, threads: int, per_thread: int, mode: s
         key = b"k%d" % thread_id
         for seq in range(per_thread):
             kind = mode if mode != "mixed" else ("sticky", "keyed", "explicit")[(seq + thread_id) % 3]
+            record: tuple
             if kind == "sticky":
                 record, partition = (seq, None, thread_id, None), None
             elif kind == "keyed":
@@ -210,6 +211,7 @@ def test_a_record_appended_after_the_seal_moves_to_the_next_batch() -> None:
     first = (0, None, b"first", None)
     acc.append("t", 0, None, first, RECORD, 1.0)
     batch = acc.open["t"][0]
+    assert batch is not None
     with acc.lock:
         acc.close_due(clock_s[0])  # linger 0: sealed and queued
     assert batch.sealed and batch.records == [first]
@@ -231,6 +233,7 @@ def test_equal_records_keep_their_own_places() -> None:
     records = [tuple([5, None, b"same", None]) for _ in range(4)]  # equal, not the same object
     futures = [acc.append("t", 0, None, record, RECORD, 1.0) for record in records]
     batch = acc.open["t"][0]
+    assert batch is not None
     with acc.lock:
         acc.close_due(time.monotonic())
     late = acc.place_late(batch, "t", 0, False, records[2], RECORD, 1.0)
