@@ -5,14 +5,33 @@ Theory of operation
 Each partition has at most one *open* batch (``open[topic][partition]``) that ``append``
 adds records to, and a FIFO of *ready* batches (``ready[(topic, partition)]``) that are
 closed and wait for the sender. ``append`` is the producer's hot path (``Producer.send``
-inlines the same steps): under the one lock it appends a ``(timestamp_ms, key, value,
-headers)`` tuple to the open batch's list, subtracts the record's estimated size from the
-batch's room, and returns a ``RecordFuture`` tuple; it neither encodes nor allocates per
-record beyond those two tuples. Everything else (a full batch, a new batch, waiting for
-memory) is ``batch_with_room``, the slow path. ``sticky_slots[topic]`` is a one-element
-list holding the open batch of the topic's sticky partition (or None), kept in step with
-``open`` and the sticky choice by every method that changes either, so the producer's
-unkeyed fast path finds its batch with one dict lookup.
+and ``produce`` inline the same steps) and takes no lock: it reads the open batch,
+subtracts the record's estimated size from the batch's room, appends a ``(timestamp_ms,
+key, value, headers)`` tuple to the batch's ``open_records`` list (one ``list.append``,
+atomic under the GIL) and returns a ``RecordFuture`` tuple; it neither encodes nor
+allocates per record beyond those two tuples. Everything else (a full batch, a new batch,
+waiting for memory) is ``append_locked``, the slow path, under ``lock``.
+``sticky_slots[topic]`` is a one-element list holding the open batch of the topic's sticky
+partition (or None), kept in step with ``open`` and the sticky choice by every method that
+changes either, so the unkeyed fast path finds its batch with one dict lookup.
+
+Closing without losing a concurrent append. The sender (linger, flush), a reader thread
+(after a response) and an appender (a full batch) close batches, always under the lock,
+while other appenders may be between reading a batch and appending to it. Closing *seals*
+the batch (``_seal``): it sets ``sealed``, then copies ``open_records`` into ``records``,
+the list that travels and that no appender holds. An appender checks ``sealed`` after its
+append. Reading False means its append came before the flag was set, hence before the
+copy: the record is in the batch. Reading True (rare), it takes the lock (so the copy is
+done) and looks for its own tuple, by identity, in the copy (``place_late``): found, it
+stays; missing (the append came after the copy), it is appended again through the slow
+path, to the partition's current open batch (the topic's sticky one for an unkeyed
+record), before ``append`` returns. So a record travels exactly once, and each thread's
+records keep their order per partition. A future's index is ``len(open_records) - 1``
+after the append, checked by identity because another thread may have appended in between.
+``room_bytes`` is decremented without the lock too: two appenders at once may lose one
+decrement, letting a batch take a record more than its estimate; the estimate's
+per-record margin covers that, and a batch the node still refuses as too large is split
+(see ``sender``).
 
 A batch closes when the next record would push its estimated size past ``batch_size``
 (``append`` starts a new one; a record larger than ``batch_size`` gets a batch of its own),
@@ -42,12 +61,15 @@ and are never retried.)
 Memory: ``buffered_bytes`` counts the estimated bytes of every closed, incomplete batch
 (open batches add at most ``batch_size`` per partition); when opening a batch would pass
 ``buffer_memory``, ``append`` waits (up to ``max_block_s``) for batches to complete. No
-per-record accounting: a batch tracks only the room it has left. Batches waiting in ``ready`` longer than ``delivery_timeout_ms`` since creation
-are expired by ``expire``.
+per-record accounting: a batch tracks only the room it has left, and its size is known
+when it is sealed. Batches waiting in ``ready`` longer than ``delivery_timeout_ms`` since
+creation are expired by ``expire``.
 
 Decision methods (``close_due``, ``drain``, ``expire``, ``next_wake_s``) take ``now_s`` and
 do no I/O; they are called with ``lock`` held. ``clock`` (``time.monotonic`` by default)
-is read only when ``append`` creates a batch.
+is read only when a batch is created. The lock guards everything but the open batches'
+``open_records`` and ``room_bytes``: ``open``, ``ready``, ``muted``, memory, the sticky
+choice, and the sealing of a batch.
 """
 
 from __future__ import annotations
@@ -68,6 +90,23 @@ RECORD_OVERHEAD_BYTES = 24
 HEADER_OVERHEAD_BYTES = 8
 
 TopicPartitionKey = tuple[str, int]
+
+
+def _seal(batch: ProducerBatch) -> None:
+    """Freeze an open batch's records (lock held). ``sealed`` goes first: an appender that
+    reads it False after its append appended before the copy, so its record is in it."""
+    batch.sealed = True
+    batch.records = list(batch.open_records)
+    # After the copy: every copied record's size was taken from the room before its append.
+    batch.size_bytes = batch.capacity_bytes - batch.room_bytes
+
+
+def _index_of(records: list, record: tuple) -> int:
+    """The position of this very tuple (equal ones may be elsewhere), -1 if absent."""
+    for index in range(len(records) - 1, -1, -1):
+        if records[index] is record:
+            return index
+    return -1
 
 
 class RecordAccumulator:
@@ -127,25 +166,60 @@ class RecordAccumulator:
 
     def append(self, topic: str, partition: int | None, key: bytes | None, record: tuple, size: int,
                max_block_s: float) -> RecordFuture:
-        """Add one record (``partition`` None: keyed hash or sticky choice).
+        """Add one record (``partition`` None: keyed hash or sticky choice) without the lock
+        unless its batch is full or missing, or was sealed under it (see the module docs).
 
-        The producer's ``send`` inlines exactly these steps for speed; tests drive this one.
+        The producer's ``send`` and ``produce`` inline these steps for unkeyed records.
         """
         batches = self.open[topic]
-        if partition is None:
-            key_hash = -1 if key is None else positive_murmur2(key)
+        sticky = partition is None and key is None
+        if sticky:
+            partition = -1  # chosen under the lock if the slow path runs
+            batch = self.sticky_slots[topic][0]
         else:
-            key_hash = -2  # placed explicitly: never follows the sticky partition
-        with self.lock:
             if partition is None:
-                partition = self._sticky_current[topic] if key_hash < 0 else key_hash % len(batches)
+                partition = positive_murmur2(key) % len(batches)
             batch = batches[partition]
+        if batch is None or batch.room_bytes < size:
+            return RecordFuture(self.append_locked(topic, partition, sticky, record, size, max_block_s))
+        batch.room_bytes -= size
+        records = batch.open_records
+        records.append(record)
+        index = len(records) - 1
+        if batch.sealed or records[index] is not record:
+            return RecordFuture(self.place_late(batch, topic, partition, sticky, record, size, max_block_s))
+        return RecordFuture((batch, index))
+
+    def append_locked(self, topic: str, partition: int, sticky: bool, record: tuple, size: int,
+                      max_block_s: float) -> tuple[ProducerBatch, int]:
+        """The slow path of ``append``: under the lock, into a batch with room (opened if need
+        be); a ``sticky`` record goes to the topic's sticky partition. Returns its place."""
+        with self.lock:
+            if sticky:
+                partition = self._sticky_current[topic]
+            batch = self.open[topic][partition]
             if batch is None or batch.room_bytes < size:
-                batch = self.batch_with_room(topic, partition, key_hash == -1, size, max_block_s)
+                batch = self.batch_with_room(topic, partition, sticky, size, max_block_s)
+            assert not batch.sealed, "an open batch is sealed only when it leaves open[]"
             batch.room_bytes -= size
-            records = batch.records
+            records = batch.open_records
             records.append(record)
-            return RecordFuture((batch, len(records) - 1))
+            index = len(records) - 1
+            if records[index] is not record:  # a lock-free append came in between
+                index = _index_of(records, record)
+            return batch, index
+
+    def place_late(self, batch: ProducerBatch, topic: str, partition: int, sticky: bool, record: tuple,
+                   size: int, max_block_s: float) -> tuple[ProducerBatch, int]:
+        """Find where a lock-free append landed: in ``batch`` if the seal's copy holds it,
+        else (it came after the copy) appended again under the lock, to the partition's
+        open batch (the topic's sticky one for a ``sticky`` record)."""
+        with self.lock:
+            # Sealing happens under the lock: holding it, ``records`` is the final copy.
+            index = _index_of(batch.records, record)
+        if index >= 0:
+            return batch, index
+        return self.append_locked(topic, partition, sticky, record, size, max_block_s)
 
     def batch_with_room(self, topic: str, partition: int, sticky: bool, size: int,
                         max_block_s: float) -> ProducerBatch:
@@ -188,7 +262,7 @@ class RecordAccumulator:
         topic, partition = batch.topic, batch.partition
         batches = self.open[topic]
         batches[partition] = None
-        batch.size_bytes = batch.capacity_bytes - batch.room_bytes
+        _seal(batch)
         self.buffered_bytes += batch.size_bytes
         key = (topic, partition)
         queue = self.ready.get(key)
@@ -351,6 +425,8 @@ class RecordAccumulator:
         for batches in self.open.values():
             for i, batch in enumerate(batches):
                 if batch is not None:
+                    _seal(batch)
+                    self.buffered_bytes += batch.size_bytes  # release() takes it off again
                     out.append(batch)
                     batches[i] = None
         for slot in self.sticky_slots.values():

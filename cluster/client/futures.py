@@ -35,18 +35,26 @@ class ProducerBatch:
     ``records`` holds ``(timestamp_ms, key, value, headers)`` tuples, the shape
     ``storage.batch.encode_batch`` takes. ``size_bytes`` is the producer's estimate of the
     encoded size. Times are ``time.monotonic()`` seconds.
+
+    While the batch is open, appenders add to ``open_records`` without a lock (and
+    ``records`` is that same list). Closing *seals* it: ``sealed`` becomes True, then
+    ``records`` becomes a copy of ``open_records``, which no appender ever holds, so the
+    records that travel cannot change after the seal. An appender checks ``sealed`` after
+    its append; see the accumulator for what it does when it finds the batch sealed.
     """
 
     __slots__ = (
         "topic", "partition", "records", "size_bytes", "created_s", "attempts", "retry_at_s",
         "encoded", "base_offset", "log_append_time_ms", "error", "done_event", "callbacks",
-        "last_error", "room_bytes", "capacity_bytes", "parts", "alone",
+        "last_error", "room_bytes", "capacity_bytes", "parts", "alone", "open_records", "sealed",
     )
 
     def __init__(self, topic: str, partition: int, created_s: float, room_bytes: int = 0) -> None:
         self.topic = topic
         self.partition = partition
-        self.records: list[tuple[int, bytes | None, bytes | None, Any]] = []
+        self.open_records: list[tuple[int, bytes | None, bytes | None, Any]] = []  # never rebound
+        self.records = self.open_records  # a private copy once sealed
+        self.sealed = False
         self.size_bytes = 0  # known when the batch closes: room given minus room left
         self.room_bytes = room_bytes  # estimated bytes the batch still accepts
         self.capacity_bytes = room_bytes

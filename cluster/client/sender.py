@@ -5,8 +5,10 @@ Theory of operation
 One thread loops: refresh metadata when due; under the accumulator's lock close batches
 that lingered, expire batches past ``delivery_timeout_ms`` and ``drain`` the sendable ones
 grouped by leader; then, outside the lock, encode each batch once
-(``storage.batch.encode_batch``) and send one Produce request per leader, pipelined up to
-``max_in_flight_requests_per_connection`` per broker. Then it sleeps on the accumulator's
+(``storage.batch.encode_batch``: a closed batch is sealed, so its ``records`` no longer
+change while application threads append to open batches without the lock) and send one
+Produce request per leader, pipelined up to ``max_in_flight_requests_per_connection`` per
+broker. Then it sleeps on the accumulator's
 condition until a batch closes, a response frees a partition, or the next deadline.
 
 Responses arrive on connection reader threads (``_on_response``). The reader whose

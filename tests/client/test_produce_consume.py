@@ -237,6 +237,46 @@ def test_four_threads_share_one_producer(shared_node, make_topic) -> None:
         assert seq == list(range(per_thread)), f"thread {thread_id}'s records lost, doubled or reordered"
 
 
+def test_threads_sharing_unkeyed_batches_get_their_own_offsets(shared_node, make_topic) -> None:
+    """``produce`` and ``send`` of unkeyed records append to the same open batches without a
+    lock: every record lands once, and each future's offset holds that future's value."""
+    topic = make_topic(2)
+    per_thread = 4000
+    futures: dict[int, list] = {}
+    with Producer(bootstrap_servers=shared_node.bootstrap, acks=1, linger_ms=0, batch_size=4096) as producer:
+        def run(thread_id: int) -> None:
+            mine = futures[thread_id] = []
+            for i in range(per_thread):
+                value = b"%d-%d" % (thread_id, i)
+                if i % 2:
+                    producer.produce(topic, value)
+                else:
+                    mine.append((value, producer.send(topic, value)))
+
+        threads = [threading.Thread(target=run, args=(t,)) for t in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        producer.flush(timeout=60)
+        assert producer.metrics()["failed_records"] == 0
+    with Consumer(topic, bootstrap_servers=shared_node.bootstrap) as consumer:
+        records = drain(consumer, 3 * per_thread)
+    at = {(r.partition, r.offset): r.value for r in records}
+    assert len(at) == len(records) == 3 * per_thread
+    assert sorted(at.values()) == sorted(b"%d-%d" % (t, i) for t in range(3) for i in range(per_thread))
+    for value, future in (pair for pairs in futures.values() for pair in pairs):
+        metadata = future.get(timeout=1)
+        assert at[(metadata.partition, metadata.offset)] == value, "the future's offset holds another record"
+    by_thread = collections.defaultdict(lambda: collections.defaultdict(list))
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        thread_id, i = r.value.split(b"-")
+        by_thread[int(thread_id)][r.partition].append(int(i))
+    for thread_id, partitions in by_thread.items():
+        for partition, seq in partitions.items():
+            assert seq == sorted(seq), f"thread {thread_id}'s records reordered in partition {partition}"
+
+
 def test_callbacks_fire_for_every_record(shared_node, make_topic) -> None:
     topic = make_topic(2)
     acked: list[int] = []
