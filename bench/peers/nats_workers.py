@@ -57,7 +57,7 @@ from bench.histogram import Histogram
 
 log = logging.getLogger(__name__)
 
-SEND_AHEAD_SLEEP_S = workers.SEND_AHEAD_SLEEP_S
+SEND_AHEAD_SLEEP_S = 0.0005  # at a fixed rate, sleep only when this far ahead of schedule
 CHECK_CLOCK_EVERY = workers.CHECK_CLOCK_EVERY
 FLUSH_TIMEOUT_S = workers.FLUSH_TIMEOUT_S
 TIMESTAMP_BYTES = 8
