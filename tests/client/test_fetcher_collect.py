@@ -61,13 +61,13 @@ def test_decoding_runs_with_the_collector_paused_and_its_state_is_restored(monke
     fetcher, subs = make()
     respond(fetcher, subs, 0, batch(0, 3))
     seen: list[bool] = []
-    real = fetcher_module.decode_records
+    real = fetcher_module.decode_columns
 
     def spy(*args: Any) -> Any:
         seen.append(gc.isenabled())
         return real(*args)
 
-    monkeypatch.setattr(fetcher_module, "decode_records", spy)
+    monkeypatch.setattr(fetcher_module, "decode_columns", spy)
     was = gc.isenabled()
     try:
         gc.enable() if enabled else gc.disable()
@@ -81,7 +81,7 @@ def test_decoding_runs_with_the_collector_paused_and_its_state_is_restored(monke
 def test_decoding_releases_the_lock_and_a_seek_meanwhile_wins(monkeypatch) -> None:
     fetcher, subs = make()
     respond(fetcher, subs, 0, batch(0, 3) + batch(3, 3))
-    real = fetcher_module.decode_records
+    real = fetcher_module.decode_columns
     calls = 0
 
     def seek_while_decoding(*args: Any) -> Any:
@@ -92,7 +92,7 @@ def test_decoding_releases_the_lock_and_a_seek_meanwhile_wins(monkeypatch) -> No
             subs.seek(TP, 1)  # what another application thread may do during poll
         return real(*args)
 
-    monkeypatch.setattr(fetcher_module, "decode_records", seek_while_decoding)
+    monkeypatch.setattr(fetcher_module, "decode_columns", seek_while_decoding)
     got = fetcher.collect(10)
     assert [r.offset for r in got[TP]] == [0, 1, 2], "what was taken before the seek is returned"
     assert subs.position(TP) == 1, "the seek's position is not overwritten"
