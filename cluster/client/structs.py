@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, overload
@@ -90,8 +91,7 @@ class PartitionRecords(Sequence[ConsumerRecord]):
     def __getitem__(self, index: int | slice) -> ConsumerRecord | list[ConsumerRecord]:
         if isinstance(index, slice):
             return self._slice(index)
-        if not isinstance(index, int):
-            index = index.__index__()
+        index = operator.index(index)  # a TypeError for what is not an integer, as a list's
         length = self._length
         if index < 0:
             index += length
