@@ -22,9 +22,10 @@ coordinator assigns to this member.
 assignment (below); positions for partitions without one (committed offset, else
 ``auto_offset_reset``); any error the fetcher stored; then it returns what the fetcher
 buffered (a ``PartitionRecords`` per partition: decoded columns from which each
-``ConsumerRecord`` is built when read), waiting up to ``timeout_ms``. Positions move only past records ``poll``
-returned, and ``_consumed`` remembers those positions: it is what ``commit()`` and the
-auto commit send, so an offset is never committed for a record the application did not get.
+``ConsumerRecord`` is built when read), waiting up to ``timeout_ms``. Positions move only
+past records ``poll`` returned, and ``_consumed`` remembers those positions: it is what
+``commit()`` and the auto commit send, so an offset is never committed for a record the
+application did not get.
 
 Reconciliation (as Kafka's consumer of KIP-848). Partitions that left the assignment: the
 auto commit commits their positions, ``on_partitions_revoked`` runs (a ``commit()`` in it
