@@ -11,7 +11,7 @@ process, so the two do not share a GIL. Before that, ``raw_lmdb_append`` writes 
 batches built by the same codec, straight into a fresh LMDB environment with synced commits
 (``batches_per_txn`` batches per transaction): the local limit the node is compared with.
 ``run_consume`` produces a backlog the same way, then times one ``Consumer`` reading it all
-from the beginning. ``run_ingest`` measures the broker alone: it builds one batch with the
+from the beginning (wall time, and this process's CPU time per record). ``run_ingest`` measures the broker alone: it builds one batch with the
 same codec, then sends that batch over and over as Produce requests from ``connections``
 client connections (one thread each, ``in_flight`` requests pipelined per connection, the
 partitions shared round robin), so the client does no per-record work and the figure is
@@ -198,6 +198,7 @@ def _consume_all(bootstrap: str, topic: str, partitions: int, records: int, prog
         consumer.seek_to_beginning(*tps)
         bar = tqdm(total=records, unit="rec", unit_scale=True, disable=not progress, desc="consume")
         started = time.perf_counter()
+        cpu_started = time.process_time()
         idle_since = time.monotonic()
         while count < records:
             got = consumer.poll(timeout_ms=200, max_records=100_000)
@@ -212,8 +213,11 @@ def _consume_all(bootstrap: str, topic: str, partitions: int, records: int, prog
             count += n
             bar.update(n)
         elapsed = time.perf_counter() - started
+        cpu_s = time.process_time() - cpu_started
         bar.close()
-    return report.throughput(count, nbytes, elapsed)
+    # CPU of this process (the application and the consumer's threads) per record: steadier
+    # than records/s on a shared machine.
+    return report.throughput(count, nbytes, elapsed, cpu_ns_per_record=cpu_s / max(1, count) * 1e9)
 
 
 # -- ingest of pre-built batches --------------------------------------------------------------

@@ -31,6 +31,7 @@ from cluster.client.structs import (
     OffsetAndMetadata,
     OffsetAndTimestamp,
     PartitionDescription,
+    PartitionRecords,
     RecordMetadata,
     TopicDescription,
     TopicPartition,
@@ -39,6 +40,6 @@ from cluster.client.structs import (
 __all__ = [
     "Admin", "BrokerInfo", "ClusterDescription", "Consumer", "ConsumerRebalanceListener", "ConsumerRecord",
     "GroupDescription", "GroupListing", "GroupPartitionLag", "MemberDescription", "NewTopic",
-    "OffsetAndMetadata", "OffsetAndTimestamp", "PartitionDescription", "Producer", "RecordFuture",
+    "OffsetAndMetadata", "OffsetAndTimestamp", "PartitionDescription", "PartitionRecords", "Producer", "RecordFuture",
     "RecordMetadata", "TopicDescription", "TopicPartition", "errors",
 ]

@@ -21,9 +21,11 @@ coordinator assigns to this member.
 ``auto_commit_interval_ms`` has passed; with a group, reconciliation of the coordinator's
 assignment (below); positions for partitions without one (committed offset, else
 ``auto_offset_reset``); any error the fetcher stored; then it returns what the fetcher
-buffered, waiting up to ``timeout_ms``. Positions move only past records ``poll``
-returned, and ``_consumed`` remembers those positions: it is what ``commit()`` and the
-auto commit send, so an offset is never committed for a record the application did not get.
+buffered (a ``PartitionRecords`` per partition: decoded columns from which each
+``ConsumerRecord`` is built when read), waiting up to ``timeout_ms``. Positions move only
+past records ``poll`` returned, and ``_consumed`` remembers those positions: it is what
+``commit()`` and the auto commit send, so an offset is never committed for a record the
+application did not get.
 
 Reconciliation (as Kafka's consumer of KIP-848). Partitions that left the assignment: the
 auto commit commits their positions, ``on_partitions_revoked`` runs (a ``commit()`` in it
@@ -41,6 +43,7 @@ send ListOffsets to each partition's leader from the caller's thread.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import re
 import time
@@ -57,7 +60,13 @@ from cluster.client.group import (
     MembershipState,
 )
 from cluster.client.network import NetworkClient
-from cluster.client.structs import ConsumerRecord, OffsetAndMetadata, OffsetAndTimestamp, TopicPartition
+from cluster.client.structs import (
+    ConsumerRecord,
+    OffsetAndMetadata,
+    OffsetAndTimestamp,
+    PartitionRecords,
+    TopicPartition,
+)
 from cluster.client.subscription import RESET_EARLIEST, RESET_LATEST, RESET_NONE, SubscriptionState
 from cluster.protocol.api import (
     CONSUMER_REPLICA_ID,
@@ -563,9 +572,18 @@ class Consumer:
 
     # -- poll -------------------------------------------------------------------------
 
-    def poll(self, timeout_ms: float = 0, max_records: int | None = None) -> dict[TopicPartition, list[ConsumerRecord]]:
+    def poll(self, timeout_ms: float = 0, max_records: int | None = None) -> dict[TopicPartition, PartitionRecords]:
         """Records fetched for the assigned partitions, at most ``max_records`` (default
-        ``max_poll_records``), waiting up to ``timeout_ms`` when none are buffered."""
+        ``max_poll_records``), waiting up to ``timeout_ms`` when none are buffered.
+
+        Returns ``{TopicPartition: PartitionRecords}`` with only the partitions that have
+        records (``{}`` when none came). A ``PartitionRecords`` is a read-only sequence of
+        ``ConsumerRecord`` in offset order that behaves as a list of them (``len``, repeated
+        iteration, ``[i]``, ``[-1]``, slices, ``==`` with a list, ``list(records)``) and
+        builds each record when it is read, so records the application drops are freed at
+        once. The positions move past exactly the records returned, whether or not the
+        application reads them.
+        """
         self._check_open()
         limit = self.max_poll_records if max_records is None else max_records
         if limit <= 0:
@@ -611,7 +629,7 @@ class Consumer:
                 wait_ms = 1000.0 if deadline is None else max(0.0, min(1000.0, (deadline - time.monotonic()) * 1000))
                 batches = self.poll(timeout_ms=wait_ms)
                 if batches:
-                    self._iterator = (r for records in batches.values() for r in records)
+                    self._iterator = itertools.chain.from_iterable(batches.values())
                     break
                 if deadline is not None and time.monotonic() >= deadline:
                     raise StopIteration

@@ -21,13 +21,14 @@ with ``"none"``, stores the error for ``poll`` to raise; errors that say the lea
 refresh the metadata; every error backs the partition off for ``retry_backoff_ms``.
 
 ``collect`` (called by ``poll`` in the application's thread) decodes batches lazily with
-``storage.batch.decode_records``, straight into ``ConsumerRecord`` tuples (no intermediate
-record per record) and without the records below the position (a batch may start before
-it), returns at most ``max_records`` records, taking partitions in turn, and moves each
-position past exactly the records it returns; a batch taken whole is handed out as the
-very list it was decoded into. Buffered bytes are released as
-batches are decoded, which is what lets the next fetch go out. All state is guarded by the
-subscription's lock.
+``storage.batch.decode_columns`` into columns (offsets, timestamps, keys, values, headers:
+no object per record but msgpack's own), without the records below the position (a batch
+may start before it), takes at most ``max_records`` records, partitions in turn, and moves
+each position past exactly the records it takes. Each partition's records are handed out
+as a ``PartitionRecords`` over those columns (a batch taken in part, as a slice of them),
+which builds the ``ConsumerRecord`` tuples only when the application reads them. Buffered
+bytes are released as batches are decoded, which is what lets the next fetch go out. All
+state is guarded by the subscription's lock.
 """
 
 from __future__ import annotations
@@ -41,10 +42,10 @@ from typing import Any
 
 from cluster.client import errors
 from cluster.client.network import CHANNEL_FETCH, NetworkClient
-from cluster.client.structs import ConsumerRecord, TopicPartition
+from cluster.client.structs import PartitionRecords, TopicPartition
 from cluster.client.subscription import RESET_NONE, SubscriptionState
 from cluster.protocol.api import CONSUMER_REPLICA_ID, ApiKey
-from storage.batch import CONTROL_FLAG, CorruptBatchError, decode_records, parse_header, split_batches
+from storage.batch import CONTROL_FLAG, CorruptBatchError, RecordColumns, decode_columns, parse_header, split_batches
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +59,12 @@ SHORT_POLL_WAIT_MS = 10
 class _CollectorPaused:
     """Pause the cyclic garbage collector while ``poll`` decodes records.
 
-    Decoding allocates tuples (at a million records a second), none of which can be part
-    of a cycle, and ``ConsumerRecord`` instances (a tuple subclass) are never untracked by
-    the collector. Left running, it makes a generation-0 pass every 700 allocations, and the
-    passes of the older generations they trigger walk the records the application still
-    holds again and again: measured, half the consumer's CPU time. Paused for one
-    ``collect``, the records it returned are walked once, by the first pass after it.
-    The pause covers at most ``max_records`` records; an application that turned the
-    collector off keeps it off.
+    Decoding a msgpack batch allocates a tuple per record (msgpack's row, freed once the
+    rows are transposed into columns), none of which can be part of a cycle. Left running,
+    the collector makes a generation-0 pass every 700 allocations, walking rows that are
+    about to die, and those passes trigger passes of the older generations, which walk
+    everything the application holds. The pause covers the decoding of at most
+    ``max_records`` records; an application that turned the collector off keeps it off.
     """
 
     __slots__ = ("paused",)
@@ -83,14 +82,14 @@ class _CollectorPaused:
 class CompletedFetch:
     """The batches one fetch returned for one partition, consumed front to back."""
 
-    __slots__ = ("generation", "batches", "batch_index", "records", "record_index", "batch_next_offset")
+    __slots__ = ("generation", "batches", "batch_index", "columns", "record_index", "batch_next_offset")
 
     def __init__(self, generation: int, batches: list[memoryview]) -> None:
         self.generation = generation
         self.batches = batches
         self.batch_index = 0
-        self.records: list | None = None
-        self.record_index = 0
+        self.columns: RecordColumns | None = None  # the batch being taken, decoded
+        self.record_index = 0  # the place in ``columns`` of the next record to take
         self.batch_next_offset = -1
 
     def remaining_bytes(self) -> int:
@@ -314,9 +313,9 @@ class Fetcher:
         with self._lock:
             return any(self._buffers.values())
 
-    def collect(self, max_records: int) -> dict[TopicPartition, list[ConsumerRecord]]:
+    def collect(self, max_records: int) -> dict[TopicPartition, PartitionRecords]:
         """Up to ``max_records`` buffered records, partitions in turn; advances positions."""
-        out: dict[TopicPartition, list[ConsumerRecord]] = {}
+        out: dict[TopicPartition, PartitionRecords] = {}
         with self._collect_lock, self._lock, _CollectorPaused():
             tps = [tp for tp, queue in self._buffers.items() if queue]
             if not tps:
@@ -336,10 +335,10 @@ class Fetcher:
                     continue
                 if state.paused or state.position is None:
                     continue
-                records = self._drain(tp, state, queue, remaining)
+                chunks = self._drain(tp, state, queue, remaining)
                 freed = True
-                if records:
-                    out[tp] = records
+                if chunks:
+                    records = out[tp] = PartitionRecords(tp.topic, tp.partition, chunks)
                     remaining -= len(records)
                     if remaining <= 0:
                         break
@@ -353,17 +352,18 @@ class Fetcher:
         return state.generation == generation and self.subs.assignment.get(tp) is state
 
     def _drain(self, tp: TopicPartition, state: Any, queue: collections.deque[CompletedFetch],
-               limit: int) -> list[ConsumerRecord]:
-        taken: list[ConsumerRecord] = []
+               limit: int) -> list[RecordColumns]:
+        """Up to ``limit`` records of ``tp``'s buffer, as columns, in offset order; moves the
+        position past them."""
+        taken: list[RecordColumns] = []
         position: int = state.position
-        prefix = (tp.topic, tp.partition)
         while queue and limit > 0:
             fetch = queue[0]
             if fetch.generation != state.generation:
                 self._release(tp, queue.popleft().remaining_bytes())
                 continue
-            records = fetch.records
-            if records is None:
+            columns = fetch.columns
+            if columns is None:
                 if fetch.batch_index >= len(fetch.batches):
                     queue.popleft()
                     continue
@@ -382,7 +382,7 @@ class Fetcher:
                     # response and send the next fetch meanwhile.
                     self._lock.release()
                     try:
-                        records = decode_records(batch, ConsumerRecord, prefix, position)
+                        columns = decode_columns(batch, position)
                     finally:
                         self._lock.acquire()
                 except CorruptBatchError as exc:
@@ -394,26 +394,23 @@ class Fetcher:
                     break
                 if not self._unchanged(tp, state, generation):
                     return taken  # seeked, reset or unassigned meanwhile: the position is not ours
-                if not records:
+                if columns is None:
                     position = max(position, header.next_offset)
                     continue
-                fetch.records = records
+                fetch.columns = columns
                 fetch.record_index = 0
                 fetch.batch_next_offset = header.next_offset
             start = fetch.record_index
-            end = min(len(records), start + limit)
-            if end == len(records):
-                chunk = records if start == 0 else records[start:]
-                fetch.records = None  # the batch is handed out whole: the caller owns the list
-                position = max(chunk[-1][2] + 1, fetch.batch_next_offset)
+            count = len(columns)
+            end = min(count, start + limit)
+            if end == count:
+                taken.append(columns if start == 0 else columns.slice(start, end))
+                fetch.columns = None
+                position = max(columns.offsets[-1] + 1, fetch.batch_next_offset)
             else:
-                chunk = records[start:end]
+                taken.append(columns.slice(start, end))
                 fetch.record_index = end
-                position = chunk[-1][2] + 1  # the offset field
-            if taken:
-                taken += chunk
-            else:
-                taken = chunk
+                position = columns.offsets[end - 1] + 1
             limit -= end - start
         state.position = position
         return taken

@@ -1,6 +1,7 @@
-"""The record path of ``poll``: ``Fetcher.collect`` hands out ``ConsumerRecord`` tuples
-decoded without the subscription lock and with the garbage collector paused, and the first
-position lookup does not back off for metadata it has not loaded yet. No threads or sockets."""
+"""The record path of ``poll``: ``Fetcher.collect`` hands out ``PartitionRecords`` over batches
+decoded to columns without the subscription lock and with the garbage collector paused, and
+moves the position past exactly what it hands out; the first position lookup does not back
+off for metadata it has not loaded yet. No threads or sockets."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from cluster.client import fetcher as fetcher_module
 from cluster.client.connection import ResponseFuture
 from cluster.client.fetcher import Fetcher
 from cluster.client.network import NetworkClient
-from cluster.client.structs import ConsumerRecord, TopicPartition
+from cluster.client.structs import ConsumerRecord, PartitionRecords, TopicPartition
 from cluster.client.subscription import SubscriptionState
-from storage.batch import encode_batch, stamp
+from storage.batch import encode_batch, encode_kafka_v2_batch, stamp
 
 TP = TopicPartition("t", 0)
 
@@ -61,13 +62,13 @@ def test_decoding_runs_with_the_collector_paused_and_its_state_is_restored(monke
     fetcher, subs = make()
     respond(fetcher, subs, 0, batch(0, 3))
     seen: list[bool] = []
-    real = fetcher_module.decode_records
+    real = fetcher_module.decode_columns
 
     def spy(*args: Any) -> Any:
         seen.append(gc.isenabled())
         return real(*args)
 
-    monkeypatch.setattr(fetcher_module, "decode_records", spy)
+    monkeypatch.setattr(fetcher_module, "decode_columns", spy)
     was = gc.isenabled()
     try:
         gc.enable() if enabled else gc.disable()
@@ -81,7 +82,7 @@ def test_decoding_runs_with_the_collector_paused_and_its_state_is_restored(monke
 def test_decoding_releases_the_lock_and_a_seek_meanwhile_wins(monkeypatch) -> None:
     fetcher, subs = make()
     respond(fetcher, subs, 0, batch(0, 3) + batch(3, 3))
-    real = fetcher_module.decode_records
+    real = fetcher_module.decode_columns
     calls = 0
 
     def seek_while_decoding(*args: Any) -> Any:
@@ -92,7 +93,7 @@ def test_decoding_releases_the_lock_and_a_seek_meanwhile_wins(monkeypatch) -> No
             subs.seek(TP, 1)  # what another application thread may do during poll
         return real(*args)
 
-    monkeypatch.setattr(fetcher_module, "decode_records", seek_while_decoding)
+    monkeypatch.setattr(fetcher_module, "decode_columns", seek_while_decoding)
     got = fetcher.collect(10)
     assert [r.offset for r in got[TP]] == [0, 1, 2], "what was taken before the seek is returned"
     assert subs.position(TP) == 1, "the seek's position is not overwritten"
@@ -142,3 +143,49 @@ def test_a_retriable_error_from_the_node_still_backs_off(monkeypatch) -> None:
     found = consumer_module.list_offsets(client, {TP: -2}, timeout_ms=5000, retry_backoff_ms=100)
     assert found == {TP: (42, -1)}
     assert sleeps == [0.1]
+
+
+def test_records_below_the_position_are_left_out() -> None:
+    fetcher, subs = make()
+    subs.seek(TP, 2)
+    respond(fetcher, subs, 2, batch(0, 5))  # the node answers with the whole batch holding offset 2
+    got = fetcher.collect(10)[TP]
+    assert isinstance(got, PartitionRecords)
+    assert [r.offset for r in got] == [2, 3, 4]
+    assert got[0] == ConsumerRecord("t", 0, 2, 1002, None, b"v2", ())
+    assert subs.position(TP) == 5
+
+
+def test_a_batch_taken_in_part_continues_at_the_next_poll_and_earlier_records_stay_as_returned() -> None:
+    fetcher, subs = make()
+    respond(fetcher, subs, 0, batch(0, 10))
+    first = fetcher.collect(3)[TP]
+    assert subs.position(TP) == 3
+    second = fetcher.collect(4)[TP]
+    assert subs.position(TP) == 7
+    third = fetcher.collect(100)[TP]
+    assert subs.position(TP) == 10
+    assert [r.offset for r in first] == [0, 1, 2] and len(first) == 3
+    assert [r.offset for r in second] == [3, 4, 5, 6]
+    assert [r.value for r in third] == [b"v7", b"v8", b"v9"] and third[-1].offset == 9
+    assert fetcher.collect(10) == {}
+
+
+def test_a_poll_that_spans_batches_moves_the_position_past_exactly_what_it_returned() -> None:
+    fetcher, subs = make()
+    respond(fetcher, subs, 0, batch(0, 4) + batch(4, 4) + batch(8, 4))
+    got = fetcher.collect(9)[TP]
+    assert [r.offset for r in got] == list(range(9))
+    assert got[3].offset == 3 and got[4].offset == 4 and got[-1].offset == 8
+    assert subs.position(TP) == 9
+    assert [r.offset for r in fetcher.collect(9)[TP]] == [9, 10, 11]
+
+
+def test_kafka_v2_batches_with_headers_come_out_as_consumer_records() -> None:
+    fetcher, subs = make()
+    rows = [(7, b"k", b"a", [("h", b"x")]), (8, None, b"b", None), (9, None, None, [("n", None)])]
+    respond(fetcher, subs, 0, bytes(stamp(encode_kafka_v2_batch(rows), 0, 0)))
+    got = fetcher.collect(2)[TP]
+    assert got == [ConsumerRecord("t", 0, 0, 7, b"k", b"a", (("h", b"x"),)), ConsumerRecord("t", 0, 1, 8, None, b"b", ())]
+    assert fetcher.collect(2)[TP] == [ConsumerRecord("t", 0, 2, 9, None, None, (("n", None),))]
+    assert subs.position(TP) == 3

@@ -1,5 +1,5 @@
-"""``decode_records``: batches decoded straight into a caller's record type, with a prefix
-and without the records below an offset, in both encodings."""
+"""``decode_columns`` and ``decode_records``: batches decoded into columns, or straight into a
+caller's record type with a prefix, without the records below an offset, in both encodings."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from storage.batch import (
     CorruptBatchError,
     Record,
     decode_batch,
+    decode_columns,
     decode_records,
     encode_batch,
     encode_kafka_v2_batch,
@@ -109,3 +110,33 @@ def test_rows_of_the_wrong_shape_are_a_corrupt_batch_even_after_good_rows(sectio
     batch = _crc_valid_msgpack_batch(section, 2 if isinstance(section, list) else 1)
     with pytest.raises(CorruptBatchError):
         decode_records(batch, Fetched, ("t", 3))
+
+
+@settings(max_examples=60, deadline=None)
+@given(records=records_strategy, encoding=st.sampled_from(sorted(ENCODERS)),
+       base_offset=st.integers(min_value=0, max_value=2**40), skip=st.integers(min_value=-3, max_value=12),
+       start=st.integers(min_value=0, max_value=10), length=st.integers(min_value=0, max_value=10))
+def test_columns_and_their_slices_match_the_model(records, encoding, base_offset, skip, start, length):
+    batch = stamp(ENCODERS[encoding](records), base_offset, 0)
+    expected = _expected(records, base_offset, base_offset + skip)
+    columns = decode_columns(batch, base_offset + skip)
+    if not expected:
+        assert columns is None
+        return
+    assert len(columns) == len(expected)
+    assert list(columns.build(Fetched, ("t", 3))) == expected
+    assert [columns.record(i, Fetched, ("t", 3)) for i in range(len(columns))] == expected
+    assert list(columns.offsets) == [r.offset for r in expected]
+    assert columns.headers is None or len(columns.headers) == len(expected)
+    start = min(start, len(expected))
+    end = min(start + length, len(expected))
+    part = columns.slice(start, end)
+    assert len(part) == end - start
+    assert list(part.build(Fetched, ("t", 3))) == expected[start:end]
+
+
+def test_msgpack_offsets_are_a_range_and_a_batch_without_headers_has_no_header_column():
+    columns = decode_columns(stamp(encode_batch([(1, None, b"a", None)] * 3), 100, 0), 101)
+    assert columns.offsets == range(101, 103) and columns.headers is None
+    assert columns.slice(1, 2).offsets == range(102, 103)
+    assert columns.values == (b"a", b"a") and columns.timestamps == (1, 1) and columns.keys == (None, None)
