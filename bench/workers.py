@@ -64,6 +64,9 @@ CONSUMER_POLL_RECORDS_MAX = 100_000
 FLUSH_TIMEOUT_S = 120.0
 
 _value_of = operator.attrgetter("value")
+_timestamp_and_value_of = operator.attrgetter("timestamp", "value")
+_first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
 
 
 def value_bytes(records: Any) -> int:
@@ -287,9 +290,17 @@ def _consume(worker_id: int, spec: dict[str, Any], reports: Any, go: multiproces
             b = 0
             for records in got.values():
                 n += len(records)
-                b += value_bytes(records)
-                if live:
-                    latency_ms.update(now_ms - r.timestamp for r in records if warm_ms <= r.timestamp < end_ms)
+                if not live:
+                    b += value_bytes(records)
+                    continue
+                # Each record read once, its timestamp and value taken in C.
+                pairs = list(map(_timestamp_and_value_of, records))
+                b += sum(map(len, filter(None, map(_second, pairs))))
+                timestamps = list(map(_first, pairs))
+                if warm_ms <= min(timestamps) and max(timestamps) < end_ms:
+                    latency_ms.update(map(now_ms.__sub__, timestamps))
+                else:
+                    latency_ms.update(now_ms - t for t in timestamps if warm_ms <= t < end_ms)
             if first_mono is None:
                 first_mono = now_mono
             last_mono = now_mono
