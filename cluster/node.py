@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import secrets
@@ -481,6 +482,11 @@ async def run(config: NodeConfig) -> int:
         logger.exception("node %d failed to start: %s", config.node_id, exc)
         await node.stop()
         return EXIT_FAILED
+    # What start-up built (modules, the metadata image, the quorum) lives as long as the
+    # process: moved out of the collector's view, a full collection later walks only what
+    # serving allocated (it took 10-19 ms, stalling every request, with them).
+    gc.collect()
+    gc.freeze()
     await stop_requested.wait()
     await node.stop()
     return EXIT_OK
