@@ -219,11 +219,7 @@ def test_four_threads_share_one_producer(shared_node, make_topic) -> None:
             futures[thread_id] = [producer.send(topic, value=b"%d-%d" % (thread_id, i), key=b"%d" % thread_id)
                                   for i in range(per_thread)]
 
-        threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
+        _run_threads(run, 4)
         producer.flush(timeout=60)
     positions = [f.get(timeout=1) for fs in futures.values() for f in fs]
     assert len({(m.partition, m.offset) for m in positions}) == 4 * per_thread
@@ -235,6 +231,15 @@ def test_four_threads_share_one_producer(shared_node, make_topic) -> None:
         by_thread[int(thread_id)].append(int(i))
     for thread_id, seq in by_thread.items():
         assert seq == list(range(per_thread)), f"thread {thread_id}'s records lost, doubled or reordered"
+
+
+def _run_threads(run, count: int) -> None:
+    """``run(thread_id)`` in ``count`` threads at once, until all return."""
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
 
 
 def test_threads_sharing_unkeyed_batches_get_their_own_offsets(shared_node, make_topic) -> None:
@@ -253,11 +258,7 @@ def test_threads_sharing_unkeyed_batches_get_their_own_offsets(shared_node, make
                 else:
                     mine.append((value, producer.send(topic, value)))
 
-        threads = [threading.Thread(target=run, args=(t,)) for t in range(3)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
+        _run_threads(run, 3)
         producer.flush(timeout=60)
         assert producer.metrics()["failed_records"] == 0
     with Consumer(topic, bootstrap_servers=shared_node.bootstrap) as consumer:
