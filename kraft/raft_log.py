@@ -464,6 +464,27 @@ class RaftStatus:
     offset: int = 0
 
 
+def quorum_lease_holds(now_s: float, answered_s: list[float], last_tick_s: float, ticks_resumed_s: float,
+                       lease_s: float) -> bool:
+    """The leader-lease rule, pure: a majority of the voters (this leader, plus those whose
+    last answer in ``answered_s`` is under ``lease_s`` old) AND a tick thread that has been
+    ticking without a gap for at least ``lease_s``.
+
+    pysyncobj stamps an answer with the time its tick thread *processed* it, not when it was
+    sent. Answers that reached the socket just before a SIGSTOP are processed right after
+    the SIGCONT and look fresh, while the voters may have elected another leader meanwhile
+    (its messages still queued behind them). So the lease is refused while the tick thread
+    has not ticked for ``lease_s`` (the process is paused or starved: the request handler
+    may run before it) and for ``lease_s`` after it ticks again: by then a deposed leader
+    has heard the newer term and stepped down.
+    """
+    if now_s - last_tick_s > lease_s or now_s - ticks_resumed_s < lease_s:
+        return False
+    since_s = now_s - lease_s
+    answered = 1 + sum(1 for t in answered_s if t > since_s)
+    return answered * 2 > len(answered_s) + 1
+
+
 class RaftMetadataLog:
     """``MetadataLog`` replicated by a pysyncobj Raft group; see the module docstring."""
 
@@ -483,6 +504,10 @@ class RaftMetadataLog:
         self._status = RaftStatus(config.node_id)
         self._tick_thread: threading.Thread | None = None
         self._tick_thread_ident: int | None = None  # set by the tick thread itself
+        # When the tick thread last started a tick, and when it started ticking again after
+        # a gap longer than a lease (the process was paused or starved): see has_quorum_lease.
+        self._last_tick_s = 0.0
+        self._ticks_resumed_s = 0.0
         self._snapshot_written = False
         self._ready_term: int | None = None  # the term in which this voter caught up
         self._deferred: list[tuple[Callable[[Any, Any], bool], Any, Any]] = []
@@ -602,17 +627,17 @@ class RaftMetadataLog:
 
         Reads served from local state alone (a group coordinator's offsets) check it, so a
         leader that was paused (SIGSTOP, a long GC-like stall) and still believes it leads
-        refuses instead of answering from a state a newer leader has moved past."""
+        refuses instead of answering from a state a newer leader has moved past. See
+        ``quorum_lease_holds`` for why the tick thread's own gaps count too."""
         if not self.is_active_controller():
             return False
         sync_obj = self._sync_obj
         others = list(sync_obj._SyncObj__otherNodes)  # pysyncobj 0.3.17 internals
         if not others:
             return True
-        heard = sync_obj._SyncObj__lastResponseTime
-        since = time.monotonic() - self.config.raft_min_timeout_ms / 1000
-        answered = 1 + sum(1 for node in others if heard.get(node, 0.0) > since)
-        return answered * 2 > len(others) + 1
+        last_tick_s = self._last_tick_s  # read before _ticks_resumed_s: _tick writes them in the other order
+        return quorum_lease_holds(time.monotonic(), [sync_obj._SyncObj__lastResponseTime.get(n, 0.0) for n in others],
+                                  last_tick_s, self._ticks_resumed_s, self.config.raft_min_timeout_ms / 1000)
 
     def active_controller_id(self) -> int | None:
         if self._failed is not None or self._closing:
@@ -711,6 +736,10 @@ class RaftMetadataLog:
             self._fail_pending(MetadataLogError("metadata log closed"))
 
     def _tick(self) -> None:
+        now_s = time.monotonic()
+        if now_s - self._last_tick_s > self.config.raft_min_timeout_ms / 1000:
+            self._ticks_resumed_s = now_s  # written first: has_quorum_lease reads them in the other order
+        self._last_tick_s = now_s
         sync_obj = self._sync_obj
         was_leader = self._status.is_leader
         sync_obj.doTick(self.config.tick_ms / 1000)
