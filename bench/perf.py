@@ -7,14 +7,15 @@ Theory of operation
 ``bootstrap``), creates the topic, and sends ``records`` values of ``record_size`` bytes from
 this process through the public ``Producer`` (``produce``, no per-record future, as
 confluent-kafka's; or ``send``, a future per record: ``--api``); the node is a separate
-process, so the two do not share a GIL. Before that, ``raw_lmdb_append`` writes the same number of bytes, cut into
-batches built by the same codec, straight into a fresh LMDB environment with synced commits
-(``batches_per_txn`` batches per transaction): the local limit the node is compared with.
+process, so the two do not share a GIL. Before that, ``raw_lmdb_append`` writes the same
+number of bytes, cut into batches built by the same codec, straight into a fresh LMDB
+environment with synced commits (``batches_per_txn`` batches per transaction): the local limit the node is compared with.
 ``run_consume`` produces a backlog the same way, then times one ``Consumer`` reading it all
-from the beginning (wall time, and this process's CPU time per record). ``run_ingest`` measures the broker alone: it builds one batch with the
-same codec, then sends that batch over and over as Produce requests from ``connections``
-client connections (one thread each, ``in_flight`` requests pipelined per connection, the
-partitions shared round robin), so the client does no per-record work and the figure is
+from the beginning (wall time, and this process's CPU time per record). ``run_ingest``
+measures the broker alone: it builds one batch with the same codec, then sends that batch
+over and over as Produce requests from ``connections`` client connections (one thread
+each, ``in_flight`` requests pipelined per connection, the partitions shared round robin),
+so the client does no per-record work and the figure is
 the node's ingest rate of pre-built batches, next to the raw LMDB append of the same bytes
 measured in the same run. Each run returns a dict of figures that ``bench.report`` prints
 and saves; ``python -m bench.perf ingest`` runs the ingest mode from the command line.
