@@ -21,8 +21,9 @@ One round (``run_once``):
 The fetch offset a follower sends is its log end offset, i.e. the offset after the last
 batch it has durably appended: that is what the leader counts toward the high watermark.
 So the next Fetch goes out as soon as the appends of the previous answer are durable, and
-that wait is short: the batches are handed to the log as views into the response (no
-copy), and their commit reaches the event loop in one hop for the whole answer
+that wait is short: the batches of every partition in the answer are handed to the log
+before any is awaited, as views into the response (no copy), so they share one group
+commit, and that commit reaches the event loop in one hop for the whole answer
 (``_all_done``), not one per batch plus a gather. An acks=all produce at the leader waits
 for exactly this Fetch from every in-sync follower.
 A partition whose leader answers FENCED_LEADER_EPOCH (our epoch is stale) is parked until
@@ -251,6 +252,7 @@ class SourceFetcher:
              "topics": [{"name": n, "partitions": parts} for n, parts in by_topic.items()]},
             self._max_wait_ms + CALL_TIMEOUT_MARGIN_MS)
         answers = _by_partition(response)
+        appends: list[tuple[FollowedPartition, int, list[concurrent.futures.Future[Any]]]] = []
         for p in active:
             answer = answers.get((p.topic, p.index))
             if answer is None or self.partitions.get(p.key) is not p:
@@ -273,12 +275,22 @@ class SourceFetcher:
                 self._truncate_again(p, f"our log end moved from {fetch_offsets[p.key]} to "
                                         f"{p.log.log_end_offset} during the fetch")
                 continue
-            await self._append(p, answer.get("records") or b"")
+            appends.append((p, answer.get("high_watermark", 0), self._submit(p, answer.get("records") or b"")))
+        # Every partition's batches were handed to the log before any is awaited: they share
+        # one group commit instead of one commit (and its fsyncs) per partition in turn.
+        submitted = [future for _, _, futures in appends for future in futures]
+        if submitted:
+            await _all_done(submitted)
+        for p, leader_high_watermark, futures in appends:
+            for future in futures:
+                future.result()  # the first failure, in offset order, ends the round
             p.log.set_high_watermark(follower_high_watermark(
-                p.log.high_watermark, answer.get("high_watermark", 0), p.log.log_end_offset))
+                p.log.high_watermark, leader_high_watermark, p.log.log_end_offset))
 
-    async def _append(self, p: FollowedPartition, records: bytes) -> None:
-        futures = []
+    def _submit(self, p: FollowedPartition, records: bytes) -> list[concurrent.futures.Future[Any]]:
+        """Hand the batches of one partition's answer that extend its log to the log, in
+        offset order; the futures of their appends."""
+        futures: list[concurrent.futures.Future[Any]] = []
         expected = p.log.log_end_offset
         for view in batch_codec.split_batches(records):
             header = batch_codec.validate(view)
@@ -295,10 +307,7 @@ class SourceFetcher:
             # The view into the response is stored as is: nobody writes to those bytes.
             futures.append(p.log.append(view, header.partition_leader_epoch, assign_offsets=False))
             expected = header.base_offset + header.last_offset_delta + 1
-        if futures:
-            await _all_done(futures)
-            for future in futures:
-                future.result()  # the first failure, in offset order, ends the round
+        return futures
 
     async def _restart_at(self, p: FollowedPartition, fetch_offset: int, leader_log_start: int) -> None:
         """The leader no longer holds ``fetch_offset``: empty the log and restart it at the

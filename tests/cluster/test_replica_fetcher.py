@@ -5,6 +5,7 @@ from the leader, parking on a fenced epoch, and riding out an unreachable source
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -319,3 +320,63 @@ def test_a_log_ending_past_the_leaders_goes_back_to_truncation(stores: tuple[Log
     asyncio.run(scenario())
     assert [f["fetch_offset"] for f in leader.fetches] == [5, 2]
     assert values_of(follower_log) == values_of(leader_log)
+
+
+class HeldLog:
+    """A follower log whose appends are held until the test releases them, so the test sees
+    which appends the fetcher hands over before any of them completes."""
+
+    def __init__(self, log: PartitionLog, held: list[tuple[PartitionLog, bytes, int, concurrent.futures.Future]]) -> None:
+        self._log = log
+        self._held = held
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+    def append(self, batch: bytes | memoryview, leader_epoch: int, *,
+               assign_offsets: bool = True) -> concurrent.futures.Future[Any]:
+        assert not assign_offsets
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._held.append((self._log, bytes(batch), leader_epoch, future))
+        return future
+
+
+def test_an_answer_for_several_partitions_is_appended_in_one_group_commit(
+        stores: tuple[LogStore, LogStore]) -> None:
+    """Every partition's batches of one Fetch answer are handed to the log before any is
+    awaited; one partition after the other would cost a synced commit each."""
+    leader_logs = [stores[0].open_partition(TOPIC_ID, index) for index in (0, 1)]
+    for index, log in enumerate(leader_logs):
+        append(log, 0, f"p{index}-a".encode(), f"p{index}-b".encode())
+    held: list[tuple[PartitionLog, bytes, int, concurrent.futures.Future]] = []
+    follower_logs = [stores[1].open_partition(TOPIC_ID, index) for index in (0, 1)]
+
+    class TwoPartitionLeader:
+        async def call(self, broker_id: int, api_key: int, body: dict[str, Any], timeout_ms: int) -> dict[str, Any]:
+            parts = body["topics"][0]["partitions"]
+            if api_key == OFFSETS_FOR_LEADER_EPOCH_API_KEY:
+                return {"topics": [{"name": TOPIC, "partitions": [
+                    {"index": p["index"], "error_code": errors.NONE, "leader_epoch": 0,
+                     "end_offset": leader_logs[p["index"]].log_end_offset} for p in parts]}]}
+            return {"topics": [{"name": TOPIC, "partitions": [
+                {"index": p["index"], "error_code": errors.NONE, "high_watermark": 2, "log_start_offset": 0,
+                 "records": b"".join(leader_logs[p["index"]].read(p["fetch_offset"], 1 << 20))}
+                for p in parts]}]}
+
+    async def scenario() -> None:
+        fetcher = SourceFetcher(FOLLOWER_ID, LEADER_ID, TwoPartitionLeader(), max_wait_ms=0)
+        for index, log in enumerate(follower_logs):
+            fetcher.assign(FollowedPartition(TOPIC_ID, TOPIC, index, 0, HeldLog(log, held)))
+        round_ = asyncio.create_task(fetcher.run_once())
+        deadline = asyncio.get_running_loop().time() + 5
+        while len(held) < 2:  # the serial fetcher never gets here: it awaits the first append
+            assert asyncio.get_running_loop().time() < deadline, f"{len(held)} append(s) handed over"
+            await asyncio.sleep(0.01)
+        for log, raw, epoch, future in held:
+            future.set_result(log.append(raw, epoch, assign_offsets=False).result(timeout=10))
+        assert await asyncio.wait_for(round_, 10)
+
+    asyncio.run(scenario())
+    for leader_log, follower_log in zip(leader_logs, follower_logs):
+        assert values_of(follower_log) == values_of(leader_log)
+        assert follower_log.high_watermark == 2
