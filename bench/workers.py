@@ -80,6 +80,17 @@ def _sizes(values: Any) -> int:
     return sum(map(len, filter(None, values)))
 
 
+def next_burst(now: float, start_mono: float, sent: int, rate: float | None) -> int:
+    """How many records to send before the next look at the clock: at max rate (``rate``
+    None) ``CHECK_CLOCK_EVERY``; at a fixed rate every record whose intended time
+    (``start_mono + i / rate``) has come, at most ``RATE_BURST_MAX``; 0 or less when the
+    next one is not due yet (sleep until ``start_mono + sent / rate``, at least
+    ``RATE_SLEEP_MIN_S``)."""
+    if rate is None:
+        return CHECK_CLOCK_EVERY
+    return min(int((now - start_mono) * rate) + 1 - sent, RATE_BURST_MAX)
+
+
 def _wait_for_start(role: str, worker_id: int, reports: Any, go: multiprocessing.synchronize.Event,
                     start_at: Any, timeout_s: float) -> float:
     reports.put(("ready", role, worker_id))
@@ -196,14 +207,11 @@ def _produce(worker_id: int, spec: dict[str, Any], reports: Any, go: multiproces
         # then a sleep until the next one is.
         period_s = 1.0 / rate if rate is not None else 0.0
         while now < end_mono if backlog is None else sent < backlog:
-            if rate is None:
-                burst = CHECK_CLOCK_EVERY
-            else:
-                burst = min(int((now - start_mono) * rate) + 1 - sent, RATE_BURST_MAX)
-                if burst <= 0:
-                    time.sleep(max(start_mono + sent * period_s - now, RATE_SLEEP_MIN_S))
-                    now = time.monotonic()
-                    continue
+            burst = next_burst(now, start_mono, sent, rate)
+            if burst <= 0:
+                time.sleep(max(start_mono + sent * period_s - now, RATE_SLEEP_MIN_S))
+                now = time.monotonic()
+                continue
             if backlog is not None:
                 burst = min(burst, backlog - sent)
             for _ in range(burst):

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench import chart
+from bench import chart, workers
 from bench.histogram import Histogram, bucket_bounds, bucket_index
 from bench.workload import RATE_MAX, WorkloadError, load_workload, parse_workload
 
@@ -142,3 +142,19 @@ def test_the_chart_is_written_or_skipped(tmp_path: Path) -> None:
         assert path is None
         return
     assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@settings(max_examples=200, deadline=None)
+@given(rate=st.floats(min_value=1.0, max_value=2e6), elapsed_s=st.floats(min_value=0.0, max_value=100.0),
+       behind=st.integers(min_value=-5000, max_value=5000))
+def test_a_fixed_rate_burst_sends_exactly_the_records_due(rate: float, elapsed_s: float, behind: int) -> None:
+    """Both peers' producers send, per look at the clock, every record whose intended time
+    (start + i / rate) has come, at most RATE_BURST_MAX, and none that is not due yet."""
+    now = 10.0 + elapsed_s
+    due = int((now - 10.0) * rate) + 1  # records 0 .. due-1 are due at ``now``
+    sent = max(0, due - behind)
+    burst = workers.next_burst(now, 10.0, sent, rate)
+    assert burst == min(due - sent, workers.RATE_BURST_MAX)
+    if burst > 0:  # the last record of the burst is due
+        assert 10.0 + (sent + burst - 1) / rate <= now + 1e-6
+    assert workers.next_burst(12.0, 10.0, 0, None) == workers.CHECK_CLOCK_EVERY

@@ -57,8 +57,6 @@ from bench.histogram import Histogram
 
 log = logging.getLogger(__name__)
 
-SEND_AHEAD_SLEEP_S = 0.0005  # at a fixed rate, sleep only when this far ahead of schedule
-CHECK_CLOCK_EVERY = workers.CHECK_CLOCK_EVERY
 FLUSH_TIMEOUT_S = workers.FLUSH_TIMEOUT_S
 TIMESTAMP_BYTES = 8
 PULL_BATCH = 4096
@@ -143,36 +141,33 @@ async def _produce(worker_id: int, spec: dict[str, Any], reports: Any, go: multi
         sent = 0
         sent_in_window = 0
         now = time.monotonic()
-        while True:
-            if backlog is not None:
-                if sent >= backlog:
-                    break
-            elif now >= end_mono:
-                break
-            if rate is not None:
-                intended = start_mono + sent / rate
-                if intended - now > SEND_AHEAD_SLEEP_S:
-                    await asyncio.sleep(intended - now)
-                    now = time.monotonic()
-                    continue
-            else:
-                intended = time.monotonic()
-            if stamped:
-                payload = int((intended + wall_offset_s) * 1000).to_bytes(TIMESTAMP_BYTES, "big") + next(tail_cycle)
-            else:
-                payload = next(tail_cycle)
-            future = await publish_async(next(subject_cycle), payload)
-            if sent % sample_every == 0 and (intended >= warm_mono or backlog is not None):
-                future.add_done_callback(functools.partial(acked, intended))
-            else:
-                future.add_done_callback(failed)
-            sent += 1
-            if backlog is not None or intended >= warm_mono:
-                sent_in_window += 1
-            if rate is not None or sent % CHECK_CLOCK_EVERY == 0:
+        # The kraft producer's schedule (``workers.next_burst``): bursts with one look at
+        # the clock each, so both peers pay the same harness cost at a fixed rate.
+        period_s = 1.0 / rate if rate is not None else 0.0
+        while now < end_mono if backlog is None else sent < backlog:
+            burst = workers.next_burst(now, start_mono, sent, rate)
+            if burst <= 0:
+                await asyncio.sleep(max(start_mono + sent * period_s - now, workers.RATE_SLEEP_MIN_S))
                 now = time.monotonic()
-                intervals.add(CHECK_CLOCK_EVERY if rate is None else 1,
-                              value_bytes * (CHECK_CLOCK_EVERY if rate is None else 1), now)
+                continue
+            if backlog is not None:
+                burst = min(burst, backlog - sent)
+            for _ in range(burst):
+                intended = start_mono + sent * period_s if rate is not None else now
+                if stamped:
+                    payload = int((intended + wall_offset_s) * 1000).to_bytes(TIMESTAMP_BYTES, "big") + next(tail_cycle)
+                else:
+                    payload = next(tail_cycle)
+                future = await publish_async(next(subject_cycle), payload)
+                if sent % sample_every == 0 and (intended >= warm_mono or backlog is not None):
+                    future.add_done_callback(functools.partial(acked, intended))
+                else:
+                    future.add_done_callback(failed)
+                sent += 1
+                if backlog is not None or intended >= warm_mono:
+                    sent_in_window += 1
+            now = time.monotonic()
+            intervals.add(burst, value_bytes * burst, now)
         window_start = warm_mono if backlog is None else start_mono
         try:
             await asyncio.wait_for(js.publish_async_completed(), FLUSH_TIMEOUT_S)
