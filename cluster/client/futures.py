@@ -7,6 +7,11 @@ A record's fate is its batch's fate, so the batch (``ProducerBatch``) holds the 
 just the tuple ``(batch, index)`` and computes ``offset = base_offset + index`` when asked. Completing
 a batch is one event set plus the callbacks someone registered, never a loop over records.
 
+The one exception: a batch the node refused as too large even with one record per wire
+batch is sent record by record (``piece``), so each record gets its own outcome. Such a
+batch completes with ``offsets`` and ``record_errors`` per record, which ``error_at`` and
+``metadata_for`` read instead of the batch-wide fields.
+
 Callbacks registered on a record run once, in the thread that completes its batch (the
 producer's network threads), or at once in the caller's thread if the batch is already
 complete. A callback must not block on the producer (e.g. ``flush``) or it stalls delivery.
@@ -47,6 +52,7 @@ class ProducerBatch:
         "topic", "partition", "records", "size_bytes", "created_s", "attempts", "retry_at_s",
         "encoded", "base_offset", "log_append_time_ms", "error", "done_event", "callbacks",
         "last_error", "room_bytes", "capacity_bytes", "parts", "alone", "open_records", "sealed",
+        "piece", "offsets", "record_errors",
     )
 
     def __init__(self, topic: str, partition: int, created_s: float, room_bytes: int = 0) -> None:
@@ -70,6 +76,9 @@ class ProducerBatch:
         self.callbacks: list[tuple[int, Callable[[Any], Any], bool]] | None = None
         self.parts = 1  # wire batches the records are cut into (more after MESSAGE_TOO_LARGE)
         self.alone = False  # sent in a record set of its own (after a refusal of a shared one)
+        self.piece = -1  # sent record by record: the index of the record in flight or next
+        self.offsets: list[int] | None = None  # per record, when sent record by record
+        self.record_errors: dict[int, BaseException] | None = None  # likewise
 
     def __repr__(self) -> str:
         return f"ProducerBatch({self.topic}-{self.partition}, {len(self.records)} records, attempts={self.attempts})"
@@ -77,8 +86,16 @@ class ProducerBatch:
     def is_done(self) -> bool:
         return self.done_event.is_set()
 
+    def error_at(self, index: int) -> BaseException | None:
+        """The error of record ``index`` (None: it succeeded, or the batch is pending)."""
+        record_errors = self.record_errors
+        return self.error if record_errors is None else record_errors.get(index, self.error)
+
     def metadata_for(self, index: int) -> RecordMetadata:
-        offset = self.base_offset + index if self.base_offset >= 0 else -1
+        if self.offsets is not None:
+            offset = self.offsets[index]
+        else:
+            offset = self.base_offset + index if self.base_offset >= 0 else -1
         timestamp = self.log_append_time_ms if self.log_append_time_ms >= 0 else self.records[index][0]
         return RecordMetadata(self.topic, self.partition, offset, timestamp)
 
@@ -108,11 +125,12 @@ class ProducerBatch:
 
     def _run(self, index: int, callback: Callable[[Any], Any], is_errback: bool) -> None:
         try:
-            if self.error is None:
+            error = self.error_at(index)
+            if error is None:
                 if not is_errback:
                     callback(self.metadata_for(index))
             elif is_errback:
-                callback(self.error)
+                callback(error)
         except Exception:  # an application callback's bug must not stop delivery
             log.exception("producer callback failed for %s-%d", self.topic, self.partition)
 
@@ -136,22 +154,23 @@ class RecordFuture(tuple):
         batch, index = self
         if not batch.done_event.wait(timeout):
             raise errors.KafkaTimeoutError(f"record not acknowledged within {timeout} s")
-        if batch.error is not None:
-            raise batch.error
+        error = batch.error_at(index)
+        if error is not None:
+            raise error
         return batch.metadata_for(index)
 
     def exception(self) -> BaseException | None:
         """The error if the record failed; None if it succeeded or is still pending."""
-        batch = self[0]
-        return batch.error if batch.done_event.is_set() else None
+        batch, index = self
+        return batch.error_at(index) if batch.done_event.is_set() else None
 
     def succeeded(self) -> bool:
-        batch = self[0]
-        return batch.done_event.is_set() and batch.error is None
+        batch, index = self
+        return batch.done_event.is_set() and batch.error_at(index) is None
 
     def failed(self) -> bool:
-        batch = self[0]
-        return batch.done_event.is_set() and batch.error is not None
+        batch, index = self
+        return batch.done_event.is_set() and batch.error_at(index) is not None
 
     def add_callback(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "RecordFuture":
         """Call ``fn(*args, metadata, **kwargs)`` when the record is acknowledged."""
@@ -169,7 +188,7 @@ class RecordFuture(tuple):
 
     def __repr__(self) -> str:
         batch, index = self
-        state = "pending" if not batch.done_event.is_set() else ("failed" if batch.error else "done")
+        state = "pending" if not batch.done_event.is_set() else ("failed" if batch.error_at(index) else "done")
         return f"RecordFuture({batch.topic}-{batch.partition}[{index}], {state})"
 
 

@@ -28,8 +28,10 @@ by sending again, not counted as retries: a non-retriable refusal of a record se
 batches shared says nothing about which one was bad, so each goes again by itself
 (``alone``); and a batch refused as MESSAGE_TOO_LARGE (e.g. a topic whose
 max.message.bytes is below ``batch_size``) is encoded again as twice as many wire batches
-of its records, until each wire batch is one record: only a record too large by itself
-fails. Per partition:
+of its records, until each wire batch is one record. If the node still refuses that
+record set, the batch is sent record by record (``piece``), each record in a request of
+its own, so only a record too large by itself fails and the others get their offsets.
+Per partition:
 success completes its batches (record offset = batch base offset + index); a retriable
 error puts them back, in order, at the head of their partition after ``retry_backoff_ms``
 (and asks for fresh metadata when the error says the leader moved) unless ``retries`` or
@@ -210,7 +212,8 @@ class Sender:
         record_sets: dict[tuple[str, int], list[bytes]] = {}
         for batch in batches:
             if batch.encoded is None:
-                batch.encoded = _encode(batch.records, batch.parts)
+                batch.encoded = encode_batch([batch.records[batch.piece]]) if batch.piece >= 0 \
+                    else _encode(batch.records, batch.parts)
             batch.attempts += 1
             record_sets.setdefault((batch.topic, batch.partition), []).append(batch.encoded)
         topics: dict[str, list[dict[str, Any]]] = {}
@@ -229,6 +232,7 @@ class Sender:
         done: list[tuple[ProducerBatch, int, int]] = []
         failed: list[tuple[ProducerBatch, BaseException]] = []
         retry: list[ProducerBatch] = []
+        advanced: list[ProducerBatch] = []  # sent record by record: the next record goes now
         now_s = self.acc.clock()
         if future.error is not None:
             # No answer at all (timeout, lost connection): the broker may be stopped or no
@@ -257,15 +261,27 @@ class Sender:
                     self._classify(batch, error, now_s, retry, failed)
                 elif p.get("error_code", 0):
                     error = errors.error_for_code(p["error_code"], p.get("error_message"))
-                    if shared[key] > 1 and not getattr(error, "retriable", False):
+                    retriable = getattr(error, "retriable", False)
+                    if batch.piece >= 0 and not retriable:
+                        self._next_piece(batch, -1, error, advanced, done)
+                    elif shared[key] > 1 and not retriable:
                         batch.alone = True  # which batch of the set was refused is unknown
                         self._send_again(batch, error, retry)
                     elif p["error_code"] == errors.MESSAGE_TOO_LARGE and batch.parts < len(batch.records):
                         batch.parts = min(len(batch.records), batch.parts * 2)
                         batch.encoded = None
                         self._send_again(batch, error, retry)
+                    elif p["error_code"] == errors.MESSAGE_TOO_LARGE and len(batch.records) > 1:
+                        batch.piece = 0  # one record at a time: which one is too large is unknown
+                        batch.offsets = [-1] * len(batch.records)
+                        batch.record_errors = {}
+                        batch.alone = True
+                        batch.encoded = None
+                        self._send_again(batch, error, retry)
                     else:
                         self._classify(batch, error, now_s, retry, failed)
+                elif batch.piece >= 0:
+                    self._next_piece(batch, p["base_offset"], None, advanced, done)
                 else:
                     base_offset = next_base.get(key, p["base_offset"])
                     if base_offset >= 0:
@@ -289,6 +305,9 @@ class Sender:
             self._in_flight_by_node[node] -= 1
             for batch in reversed(retry):  # each goes to the head: the last first keeps the order
                 acc.requeue(batch, now_s)
+            for batch in advanced:  # its next record is no retry: no backoff
+                acc.requeue(batch, now_s)
+                batch.retry_at_s = now_s
             for batch, _, _ in done:
                 acc.release(batch)
             for batch, _ in failed:
@@ -308,6 +327,26 @@ class Sender:
                 self._send_drained(ready)
             finally:
                 _inline.active = False
+
+    def _next_piece(self, batch: ProducerBatch, offset: int, error: BaseException | None,
+                    advanced: list[ProducerBatch], done: list[tuple[ProducerBatch, int, int]]) -> None:
+        """Record the outcome of the record a batch sent by itself; queue the next one, or
+        complete the batch when it was the last."""
+        assert batch.offsets is not None and batch.record_errors is not None
+        if error is None:
+            batch.offsets[batch.piece] = offset
+        else:
+            batch.record_errors[batch.piece] = error
+            with self.acc.lock:
+                self.failed_records += 1
+            log.warning("a record for %s-%d failed: %s", batch.topic, batch.partition, error)
+        batch.piece += 1
+        batch.encoded = None
+        batch.attempts = 0  # each record has the batch's retries
+        if batch.piece < len(batch.records):
+            advanced.append(batch)
+        else:
+            done.append((batch, -1, -1))
 
     @staticmethod
     def _send_again(batch: ProducerBatch, error: BaseException, retry: list[ProducerBatch]) -> None:
@@ -337,11 +376,22 @@ class Sender:
     def _complete_failed(self, batch: ProducerBatch, error: BaseException) -> None:
         """Fail a batch's records: their futures and callbacks get ``error``; the count and a
         warning are what a ``produce()`` caller without a callback has."""
-        if not batch.is_done():
-            with self.acc.lock:  # called without it, from the sender and the readers
-                self.failed_records += len(batch.records)
-            log.warning("%d record(s) for %s-%d failed: %s", len(batch.records), batch.topic, batch.partition, error)
-        batch.complete(-1, -1, error)
+        if batch.is_done():
+            return
+        if batch.piece >= 0:  # sent record by record: the records before this one have their outcome
+            assert batch.record_errors is not None
+            for index in range(batch.piece, len(batch.records)):
+                batch.record_errors[index] = error
+            count = len(batch.records) - batch.piece
+            batch.piece = len(batch.records)
+            error_for_rest: BaseException | None = None
+        else:
+            count = len(batch.records)
+            error_for_rest = error
+        with self.acc.lock:  # called without it, from the sender and the readers
+            self.failed_records += count
+        log.warning("%d record(s) for %s-%d failed: %s", count, batch.topic, batch.partition, error)
+        batch.complete(-1, -1, error_for_rest)
 
     def abort_incomplete(self) -> None:
         """Fail every record not yet acknowledged (the producer is closing)."""

@@ -304,3 +304,19 @@ def test_a_subscription_picks_up_a_topic_created_later(shared_node, admin) -> No
         with Producer(bootstrap_servers=shared_node.bootstrap) as producer:
             producer.send(name, value=b"hello").get(timeout=30)
         assert [r.value for r in drain(consumer, 1)] == [b"hello"]
+
+
+def test_a_record_too_large_for_the_topic_fails_alone_in_its_batch(shared_node, make_topic) -> None:
+    """One record over the topic's max.message.bytes among small ones in the same batch:
+    it fails, the others are written, in their order."""
+    topic = make_topic(1, {"max.message.bytes": "2048"})
+    with Producer(bootstrap_servers=shared_node.bootstrap, acks="all", linger_ms=500, batch_size=64 * 1024) as producer:
+        futures = [producer.send(topic, value=v) for v in (b"a" * 100, b"x" * 4000, b"b" * 100)]
+        producer.flush(timeout=30)
+        assert [futures[0].get(timeout=1).offset, futures[2].get(timeout=1).offset] == [0, 1]
+        with pytest.raises(errors.MessageTooLargeError):
+            futures[1].get(timeout=1)
+        assert producer.metrics()["failed_records"] == 1
+    with Consumer(topic, bootstrap_servers=shared_node.bootstrap, auto_offset_reset="earliest") as consumer:
+        records = drain(consumer, 2)
+    assert [(r.offset, r.value) for r in records] == [(0, b"a" * 100), (1, b"b" * 100)]

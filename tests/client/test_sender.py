@@ -288,3 +288,37 @@ def test_a_refused_shared_record_set_is_resent_batch_by_batch() -> None:
     assert futures[0].get(timeout=1).offset == 7 and futures[2].get(timeout=1).offset == 8
     with pytest.raises(errors.MessageTooLargeError):
         futures[1].get(timeout=1)
+
+
+def test_a_batch_still_refused_as_one_record_per_wire_batch_goes_record_by_record() -> None:
+    """A batch refused as MESSAGE_TOO_LARGE even when cut into one wire batch per record is
+    sent one record per request: only the record too large by itself fails, the others get
+    their offsets, in order, and the next record is no retry (no backoff)."""
+    from cluster.client.accumulator import RecordAccumulator
+    from cluster.client.sender import Sender
+
+    acc = RecordAccumulator(batch_size=1000, linger_ms=0, buffer_memory=1 << 20, delivery_timeout_ms=60_000,
+                            retry_backoff_ms=0, request_bytes_max=0)
+    acc.set_partition_count("t", 1)
+    client = _StubClient()
+    sender = Sender(client, acc, acks=1, retries=0, request_timeout_ms=30_000, max_in_flight=5,  # type: ignore[arg-type]
+                    topics=lambda: {"t"})
+    futures = [acc.append("t", 0, None, (0, None, b"v%d" % i, None), 60, 1.0) for i in range(3)]
+    assert sender._run_once()
+    for request in range(3):  # 1, then 2, then 3 wire batches in one record set: all refused
+        assert _values_of(client, request) == [b"v0", b"v1", b"v2"]
+        _answer(client, request, errors.MESSAGE_TOO_LARGE)
+        wait_until(lambda: sender._run_once() and len(client.requests) == request + 2, 10)
+    acc.retry_backoff_s = 60.0  # from here a backoff would stall the test
+    assert _values_of(client, 3) == [b"v0"]
+    _answer(client, 3, 0, base=10)
+    assert len(client.requests) == 5 and _values_of(client, 4) == [b"v1"]
+    _answer(client, 4, errors.MESSAGE_TOO_LARGE)
+    assert len(client.requests) == 6 and _values_of(client, 5) == [b"v2"]
+    assert not futures[0].done(), "the batch completes once every record has its outcome"
+    _answer(client, 5, 0, base=11)
+    assert futures[0].get(timeout=1).offset == 10 and futures[2].get(timeout=1).offset == 11
+    with pytest.raises(errors.MessageTooLargeError):
+        futures[1].get(timeout=1)
+    assert futures[0].succeeded() and futures[1].failed() and futures[2].exception() is None
+    assert sender.failed_records == 1
