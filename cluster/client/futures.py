@@ -77,8 +77,8 @@ class ProducerBatch:
         self.parts = 1  # wire batches the records are cut into (more after MESSAGE_TOO_LARGE)
         self.alone = False  # sent in a record set of its own (after a refusal of a shared one)
         self.piece = -1  # sent record by record: the index of the record in flight or next
-        self.offsets: list[int] | None = None  # per record, when sent record by record
-        self.record_errors: dict[int, BaseException] | None = None  # likewise
+        self.offsets: list[tuple[int, int]] | None = None  # when sent record by record: (offset, log-append time)
+        self.record_errors: dict[int, BaseException] | None = None  # likewise: the records that failed
 
     def __repr__(self) -> str:
         return f"ProducerBatch({self.topic}-{self.partition}, {len(self.records)} records, attempts={self.attempts})"
@@ -93,10 +93,11 @@ class ProducerBatch:
 
     def metadata_for(self, index: int) -> RecordMetadata:
         if self.offsets is not None:
-            offset = self.offsets[index]
+            offset, append_time_ms = self.offsets[index]
         else:
             offset = self.base_offset + index if self.base_offset >= 0 else -1
-        timestamp = self.log_append_time_ms if self.log_append_time_ms >= 0 else self.records[index][0]
+            append_time_ms = self.log_append_time_ms
+        timestamp = append_time_ms if append_time_ms >= 0 else self.records[index][0]
         return RecordMetadata(self.topic, self.partition, offset, timestamp)
 
     def complete(self, base_offset: int, log_append_time_ms: int = -1, error: BaseException | None = None) -> None:

@@ -263,7 +263,7 @@ class Sender:
                     error = errors.error_for_code(p["error_code"], p.get("error_message"))
                     retriable = getattr(error, "retriable", False)
                     if batch.piece >= 0 and not retriable:
-                        self._next_piece(batch, -1, error, advanced, done)
+                        self._next_piece(batch, (-1, -1), error, advanced, done)
                     elif shared[key] > 1 and not retriable:
                         batch.alone = True  # which batch of the set was refused is unknown
                         self._send_again(batch, error, retry)
@@ -273,7 +273,7 @@ class Sender:
                         self._send_again(batch, error, retry)
                     elif p["error_code"] == errors.MESSAGE_TOO_LARGE and len(batch.records) > 1:
                         batch.piece = 0  # one record at a time: which one is too large is unknown
-                        batch.offsets = [-1] * len(batch.records)
+                        batch.offsets = [(-1, -1)] * len(batch.records)
                         batch.record_errors = {}
                         batch.alone = True
                         batch.encoded = None
@@ -281,7 +281,7 @@ class Sender:
                     else:
                         self._classify(batch, error, now_s, retry, failed)
                 elif batch.piece >= 0:
-                    self._next_piece(batch, p["base_offset"], None, advanced, done)
+                    self._next_piece(batch, (p["base_offset"], p.get("log_append_time_ms", -1)), None, advanced, done)
                 else:
                     base_offset = next_base.get(key, p["base_offset"])
                     if base_offset >= 0:
@@ -328,13 +328,13 @@ class Sender:
             finally:
                 _inline.active = False
 
-    def _next_piece(self, batch: ProducerBatch, offset: int, error: BaseException | None,
+    def _next_piece(self, batch: ProducerBatch, placed: tuple[int, int], error: BaseException | None,
                     advanced: list[ProducerBatch], done: list[tuple[ProducerBatch, int, int]]) -> None:
-        """Record the outcome of the record a batch sent by itself; queue the next one, or
-        complete the batch when it was the last."""
+        """Record the outcome of the record a batch sent by itself (its offset and log-append
+        time, or its error); queue the next one, or complete the batch when it was the last."""
         assert batch.offsets is not None and batch.record_errors is not None
         if error is None:
-            batch.offsets[batch.piece] = offset
+            batch.offsets[batch.piece] = placed
         else:
             batch.record_errors[batch.piece] = error
             with self.acc.lock:

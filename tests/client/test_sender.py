@@ -316,8 +316,10 @@ def test_a_batch_still_refused_as_one_record_per_wire_batch_goes_record_by_recor
     _answer(client, 4, errors.MESSAGE_TOO_LARGE)
     assert len(client.requests) == 6 and _values_of(client, 5) == [b"v2"]
     assert not futures[0].done(), "the batch completes once every record has its outcome"
-    _answer(client, 5, 0, base=11)
+    client.requests[5][1].success({"topics": [{"name": "t", "partitions": [  # a LogAppendTime topic
+        {"index": 0, "error_code": 0, "error_message": None, "base_offset": 11, "log_append_time_ms": 777}]}]})
     assert futures[0].get(timeout=1).offset == 10 and futures[2].get(timeout=1).offset == 11
+    assert futures[0].get().timestamp == 0 and futures[2].get().timestamp == 777, "each record's own time"
     with pytest.raises(errors.MessageTooLargeError):
         futures[1].get(timeout=1)
     assert futures[0].succeeded() and futures[1].failed() and futures[2].exception() is None
