@@ -9,7 +9,8 @@ this process through the public ``Producer`` (``produce``, no per-record future,
 confluent-kafka's; or ``send``, a future per record: ``--api``); the node is a separate
 process, so the two do not share a GIL. Before that, ``raw_lmdb_append`` writes the same
 number of bytes, cut into batches built by the same codec, straight into a fresh LMDB
-environment with synced commits (``batches_per_txn`` batches per transaction): the local limit the node is compared with.
+environment with synced commits (``batches_per_txn`` batches per transaction): the local
+limit the node is compared with.
 ``run_consume`` produces a backlog the same way, then times one ``Consumer`` reading it all
 from the beginning (wall time, and this process's CPU time per record). ``run_ingest``
 measures the broker alone: it builds one batch with the same codec, then sends that batch

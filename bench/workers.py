@@ -20,8 +20,8 @@ burst, not per record: at 108k records/s the per-record clock and bookkeeping we
 quarter of the producer's CPU), sleeps until the next one is due (at least
 ``RATE_SLEEP_MIN_S``, so a record may leave up to that late, which counts against it) and
 never skips a record when behind. Publish latency (send -> ack, taken in a callback when
-the record's batch completes) is measured from the intended time, so a stall counts against every record it delays
-(no coordinated omission). The record's timestamp is the intended time too, so the
+the record's batch completes) is measured from the intended time, so a stall counts
+against every record it delays (no coordinated omission). The record's timestamp is the intended time too, so the
 consumers' end-to-end latency starts there. At ``"max"`` rate the intended time is the
 time of the ``send`` call and one record in ``MAX_RATE_SAMPLE_EVERY`` is timed; at a fixed
 rate every record up to ``FIXED_RATE_SAMPLES_PER_S`` a second, and every k-th above that.
@@ -84,11 +84,15 @@ def next_burst(now: float, start_mono: float, sent: int, rate: float | None) -> 
     """How many records to send before the next look at the clock: at max rate (``rate``
     None) ``CHECK_CLOCK_EVERY``; at a fixed rate every record whose intended time
     (``start_mono + i / rate``) has come, at most ``RATE_BURST_MAX``; 0 or less when the
-    next one is not due yet (sleep until ``start_mono + sent / rate``, at least
-    ``RATE_SLEEP_MIN_S``)."""
+    next one is not due yet (then sleep ``until_due_s``)."""
     if rate is None:
         return CHECK_CLOCK_EVERY
     return min(int((now - start_mono) * rate) + 1 - sent, RATE_BURST_MAX)
+
+
+def until_due_s(now: float, start_mono: float, sent: int, rate: float) -> float:
+    """How long to sleep before record ``sent`` is due, at least ``RATE_SLEEP_MIN_S``."""
+    return max(start_mono + sent / rate - now, RATE_SLEEP_MIN_S)
 
 
 def _wait_for_start(role: str, worker_id: int, reports: Any, go: multiprocessing.synchronize.Event,
@@ -209,7 +213,8 @@ def _produce(worker_id: int, spec: dict[str, Any], reports: Any, go: multiproces
         while now < end_mono if backlog is None else sent < backlog:
             burst = next_burst(now, start_mono, sent, rate)
             if burst <= 0:
-                time.sleep(max(start_mono + sent * period_s - now, RATE_SLEEP_MIN_S))
+                assert rate is not None
+                time.sleep(until_due_s(now, start_mono, sent, rate))
                 now = time.monotonic()
                 continue
             if backlog is not None:

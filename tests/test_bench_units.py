@@ -157,4 +157,7 @@ def test_a_fixed_rate_burst_sends_exactly_the_records_due(rate: float, elapsed_s
     assert burst == min(due - sent, workers.RATE_BURST_MAX)
     if burst > 0:  # the last record of the burst is due
         assert 10.0 + (sent + burst - 1) / rate <= now + 1e-6
+    else:  # nothing is due: the sleep reaches the next record's time, and is never shorter than the minimum
+        wait_s = workers.until_due_s(now, 10.0, sent, rate)
+        assert wait_s >= workers.RATE_SLEEP_MIN_S and now + wait_s >= 10.0 + sent / rate - 1e-6
     assert workers.next_burst(12.0, 10.0, 0, None) == workers.CHECK_CLOCK_EVERY

@@ -141,13 +141,15 @@ async def _produce(worker_id: int, spec: dict[str, Any], reports: Any, go: multi
         sent = 0
         sent_in_window = 0
         now = time.monotonic()
-        # The kraft producer's schedule (``workers.next_burst``): bursts with one look at
-        # the clock each, so both peers pay the same harness cost at a fixed rate.
+        # The kraft producer's schedule (``workers.next_burst``, ``workers.until_due_s``):
+        # bursts with one look at the clock each, so both peers pay the same harness cost at
+        # a fixed rate.
         period_s = 1.0 / rate if rate is not None else 0.0
         while now < end_mono if backlog is None else sent < backlog:
             burst = workers.next_burst(now, start_mono, sent, rate)
             if burst <= 0:
-                await asyncio.sleep(max(start_mono + sent * period_s - now, workers.RATE_SLEEP_MIN_S))
+                assert rate is not None
+                await asyncio.sleep(workers.until_due_s(now, start_mono, sent, rate))
                 now = time.monotonic()
                 continue
             if backlog is not None:

@@ -383,7 +383,6 @@ class Sender:
             for index in range(batch.piece, len(batch.records)):
                 batch.record_errors[index] = error
             count = len(batch.records) - batch.piece
-            batch.piece = len(batch.records)
             error_for_rest: BaseException | None = None
         else:
             count = len(batch.records)
